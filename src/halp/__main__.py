@@ -1,0 +1,3 @@
+from halp.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Command line: one entry point, one module per subcommand (each exposes ``register`` and ``run``)."""
