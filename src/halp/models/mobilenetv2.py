@@ -1,0 +1,168 @@
+"""MobileNet-V2 with torchvision's module names, shapes and initialisation, plus a 32×32 CIFAR variant.
+
+Keys match torchvision's ``mobilenet_v2`` (``features.1.conv.0.0.weight``, ``features.18.0.weight``,
+``classifier.1.weight`` …), so its checkpoints load with ``strict=True``. For the pruner the interesting
+parts are the depthwise convs (their input and output channels are one group) and the residual sums
+between blocks of equal width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from halp.models._layers import (
+    ConvBNAct,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    init_conv_bn,
+    init_linear_normal,
+    make_divisible,
+)
+from halp.models.registry import register_model
+
+__all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2", "mobilenet_v2_cifar"]
+
+# (expand ratio t, output channels c, repeats n, first stride s), from Sandler et al. (2018), Table 2.
+IMAGENET_SETTING: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+# For 32×32 inputs the stem and the first stride-2 stage (24 channels) keep stride 1, so the maps go
+# 32 → 32 → 16 → 8 → 4 instead of shrinking to 1×1.
+CIFAR_SETTING: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+class InvertedResidual(nn.Module):
+    """1×1 expand (skipped when t = 1) → 3×3 depthwise → 1×1 linear projection, residual when shapes match.
+
+    Children live in ``self.conv`` (a Sequential) exactly as torchvision lays them out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNAct(in_channels, hidden, kernel_size=1, activation=nn.ReLU6))
+        layers += [
+            ConvBNAct(hidden, hidden, stride=stride, groups=hidden, activation=nn.ReLU6),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """``features`` (stem, 17 inverted residuals, 1×1 to ``last_channel``) → global pool → ``classifier``.
+
+    Args:
+        num_classes: Classifier outputs.
+        in_chans: Input image channels.
+        width_mult: Scales every width (rounded by :func:`make_divisible`); the last 1×1 conv is only
+            scaled up, never down, as in torchvision.
+        dropout: Dropout before the classifier.
+        stem_stride: 2 for ImageNet, 1 for 32×32 inputs.
+        setting: ``(t, c, n, s)`` rows, see :data:`IMAGENET_SETTING`.
+        round_nearest: Channel multiple for :func:`make_divisible`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        stem_stride: int = 2,
+        setting: Sequence[tuple[int, int, int, int]] = IMAGENET_SETTING,
+        round_nearest: int = 8,
+    ) -> None:
+        super().__init__()
+        channels = make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
+        features: list[nn.Module] = [
+            ConvBNAct(in_chans, channels, stride=stem_stride, activation=nn.ReLU6)
+        ]
+        for expand_ratio, c, repeats, first_stride in setting:
+            out_channels = make_divisible(c * width_mult, round_nearest)
+            for i in range(repeats):
+                stride = first_stride if i == 0 else 1
+                features.append(InvertedResidual(channels, out_channels, stride, expand_ratio))
+                channels = out_channels
+        features.append(ConvBNAct(channels, self.last_channel, kernel_size=1, activation=nn.ReLU6))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes)
+        )
+        init_conv_bn(self)
+        init_linear_normal(self, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (N, last_channel, H/32, W/32) on ImageNet
+        x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
+        return self.classifier(x)
+
+
+def _build(
+    name: str,
+    setting: Sequence[tuple[int, int, int, int]],
+    stem_stride: int,
+    num_classes: int,
+    in_chans: int,
+    width_mult: float,
+    dropout: float,
+) -> MobileNetV2:
+    return MobileNetV2(
+        num_classes=check_positive_int(name, "num_classes", num_classes),
+        in_chans=check_positive_int(name, "in_chans", in_chans),
+        width_mult=check_positive_float(name, "width_mult", width_mult),
+        dropout=check_probability(name, "dropout", dropout),
+        stem_stride=stem_stride,
+        setting=setting,
+    )
+
+
+@register_model("mobilenet_v2", input_size=(3, 224, 224))
+def mobilenet_v2(
+    *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+) -> MobileNetV2:
+    """MobileNet-V2 (3,504,872 parameters at 1000 classes, width 1.0)."""
+    return _build(
+        "mobilenet_v2", IMAGENET_SETTING, 2, num_classes, in_chans, width_mult, dropout
+    )
+
+
+@register_model("mobilenet_v2_cifar", input_size=(3, 32, 32))
+def mobilenet_v2_cifar(
+    *, num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+) -> MobileNetV2:
+    """MobileNet-V2 for 32×32 inputs: stride-1 stem and stride-1 24-channel stage; same names."""
+    return _build(
+        "mobilenet_v2_cifar", CIFAR_SETTING, 1, num_classes, in_chans, width_mult, dropout
+    )
