@@ -157,7 +157,8 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
             ``dropout`` …); unknown ones raise.
 
     Returns:
-        The model, with attribute ``default_input_size`` = ``(C, H, W)``.
+        The model, with attributes ``default_input_size`` = ``(C, H, W)`` and ``halp_arch`` (its name
+        and arguments, which :func:`halp.save_pruned` records).
 
     Raises:
         ValueError: unknown name, unknown keyword, or an invalid value.
@@ -165,4 +166,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     entry = _entry(name)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return entry.constructor(**kwargs)
+    model = entry.constructor(**kwargs)
+    # What halp.save_pruned records so a saved (slim) model can be rebuilt without pickle.
+    model.halp_arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
