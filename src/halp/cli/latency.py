@@ -1,0 +1,46 @@
+"""``halp latency``: a model's latency predicted from a table next to the measured one."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from halp.cli.profile import example_input, load_model
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "latency", help="predicted vs measured latency of a model",
+        description="Predict a model's latency from a latency table and measure it on this device with the "
+                    "table's backend, threads and dtype.",
+    )
+    p.add_argument("model", metavar="MODEL", help="zoo model name or a saved slim model folder")
+    p.add_argument("--table", required=True, help="latency table (from halp profile)")
+    p.add_argument("--input", help="input size BxCxHxW (default: the table's profiled input)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=30, help="timed forwards for the measurement")
+    p.add_argument("--no-measure", action="store_true", help="only predict")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import halp
+
+    table = halp.LatencyTable.load(args.table)
+    model, size = load_model(args.model, args.num_classes)
+    text = args.input
+    if text is None:
+        shapes = (table.meta.get("model") or {}).get("input_shapes") or []
+        if shapes:
+            text = "x".join(str(d) for d in shapes[0])
+    x = example_input(size, text)
+    predicted = halp.predict_latency(model, x, table)
+    print(f"predicted: {predicted:.3f} ms  ({table.backend}, {table.threads} threads, batch {table.batch}, "
+          f"{table.dtype}; table {args.table})")
+    if args.no_measure:
+        return 0
+    stats = halp.measure_latency(model, x, backend=table.backend, threads=table.threads, repeats=args.repeats,
+                                 dtype=table.dtype)
+    print(f"measured:  {stats.median_ms:.3f} ms  (IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs)")
+    print(f"ratio predicted/measured: {predicted / stats.median_ms:.3f}")
+    return 0

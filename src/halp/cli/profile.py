@@ -1,0 +1,101 @@
+"""``halp profile``: measure a latency table for a zoo model on this machine.
+
+Also home of the small helpers the latency-related subcommands share (input-size parsing, model
+loading by zoo name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def parse_input(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` → ``(1, 3, 224, 224)`` (batch first)."""
+    try:
+        dims = tuple(int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"--input must look like 1x3x224x224 (batch x channels x height x width), got {text!r}")
+    if len(dims) < 2 or any(d < 1 for d in dims):
+        raise ValueError(f"--input must be positive sizes joined by 'x', batch first (e.g. 1x3x224x224), got {text!r}")
+    return dims
+
+
+def load_model(spec: str, num_classes: int | None = None) -> tuple[Any, tuple[int, ...]]:
+    """A model by zoo name, or a saved slim model folder (``halp.load_pruned``), and its (C, H, W)."""
+    import halp
+
+    path = Path(spec)
+    if path.is_dir():
+        from halp import export
+
+        loader = getattr(export, "load_pruned", None)
+        if loader is None:
+            raise ValueError(f"{spec} is a folder but this build cannot load saved models; give a zoo name")
+        model = loader(path)
+    else:
+        model = halp.models.create(spec, num_classes=num_classes)
+    size = tuple(getattr(model, "default_input_size", ()) or ())
+    return model, size
+
+
+def example_input(model_size: tuple[int, ...], text: str | None, batch: int | None = None) -> Any:
+    import torch
+
+    if text:
+        dims = parse_input(text)
+    elif model_size:
+        dims = (1, *model_size)
+    else:
+        raise ValueError("this model has no default input size: pass --input BxCxHxW")
+    if batch is not None:
+        dims = (batch, *dims[1:])
+    return torch.randn(*dims)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "profile", help="measure a latency table on this device",
+        description="Measure per-layer latency grids, non-conv op costs and the end-to-end calibration of a "
+                    "model; resumes from <out>.partial.json if a previous run was interrupted.",
+    )
+    p.add_argument("--model", required=True, help="zoo model name (see halp.models.list_models())")
+    p.add_argument("--input", help="input size BxCxHxW (default: 1 x the model's input size)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("--backend", default="torch-cpu", choices=["torch-cpu", "torch-cuda", "onnxruntime"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's current)")
+    p.add_argument("-o", "--output", required=True, help="table file to write (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="re-profile even if the output table exists")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
+    p.add_argument("--fine-span", type=int, default=64, help="fine cout sweep over the last N channels")
+    p.add_argument("--calibration-samples", type=int, default=8, help="random slim variants timed end to end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import halp
+
+    model, size = load_model(args.model, args.num_classes)
+    x = example_input(size, args.input)
+    table = halp.profile(
+        model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
+        progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
+        warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
+        calibration_samples=args.calibration_samples,
+    )
+    c = table.calibration
+    print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "
+          f"{table.backend} on {table.meta['device']} ({table.threads} threads, batch {table.batch}, {table.dtype})")
+    print(f"calibration ({c.method}): measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms")
+    if "profile_seconds" in table.meta:
+        m = table.meta.get("measurements", {})
+        print(f"profiling took {table.meta['profile_seconds']:.1f} s ({m.get('new', 0)} new measurements, "
+              f"{m.get('resumed', 0)} resumed)")
+    return 0

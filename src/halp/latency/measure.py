@@ -1,0 +1,73 @@
+"""``halp.measure_latency``: the end-to-end measurement behind every figure.
+
+It runs the network as users would (eager torch on CPU or CUDA, or the ONNX export in ONNX Runtime),
+under inference mode, after generous warm-up, and reports robust statistics rather than one number.
+The model is left exactly as it was (train/eval flags restored; copies made when the backend needs
+another device or dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from halp.latency.backends import Backend, as_inputs, get_backend
+from halp.latency.timing import LatencyStats, TimingSettings
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    backend: str | Backend = "torch-cpu",
+    threads: int | None = None,
+    warmup: int = 10,
+    repeats: int = 30,
+    *,
+    dtype: str = "float32",
+    rounds: int = 1,
+) -> LatencyStats:
+    """Measure the latency of one forward pass of ``model``.
+
+    Args:
+        model: the network (dense or slim).
+        example_inputs: a tensor or tuple of tensors; their batch is the measured batch.
+        backend: ``"torch-cpu"``, ``"torch-cuda"``, ``"onnxruntime"`` or a :class:`Backend`.
+        threads: intra-op threads while measuring (None: torch's current), restored afterwards.
+        warmup: warm-up forwards (at least; warm-up also lasts at least 0.2 s).
+        repeats: timed forwards.
+        dtype: precision to run in (torch backends).
+        rounds: split the repeats into this many rounds (only matters when comparing several models;
+            see :func:`measure_many`).
+
+    Returns:
+        median, interquartile range, mean and all samples, in ms; ``float(stats)`` is the median.
+    """
+    return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds)[0]
+
+
+def measure_many(
+    models: list[nn.Module],
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    backend: str | Backend = "torch-cpu",
+    threads: int | None = None,
+    warmup: int = 10,
+    repeats: int = 30,
+    *,
+    dtype: str = "float32",
+    rounds: int = 5,
+) -> list[LatencyStats]:
+    """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
+
+    Use this whenever latencies are compared (dense vs pruned, predicted vs measured).
+    """
+    if not models:
+        raise ValueError("measure_many needs at least one model")
+    for name, v in (("warmup", warmup), ("repeats", repeats), ("rounds", rounds)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
+            raise ValueError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {v!r}")
+    settings = TimingSettings(warmup=warmup, warmup_ms=200.0, repeats=repeats, min_time_ms=0.0, max_repeats=repeats)
+    be = get_backend(backend, dtype=dtype, threads=threads, settings=settings)
+    if isinstance(backend, Backend):
+        be.settings = settings
+    with be:
+        return be.time_models(models, as_inputs(example_inputs), rounds=rounds)

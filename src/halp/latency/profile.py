@@ -1,0 +1,274 @@
+"""``halp.profile``: measure a model's latency table on this device.
+
+Order of work: every distinct layer entry (fine cout sweep first, so the detected staircase step can
+align the coarse grid, then the coarse cin × cout grid), the non-conv op kinds, and last the calibration
+against end-to-end runs. All of it goes through one :class:`MeasurementStore`, which makes the run
+resumable point by point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import halp
+from halp.latency.backends import Backend, as_inputs, get_backend
+from halp.latency.calibrate import calibrate, graph_hash
+from halp.latency.fit import fit_line
+from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
+from halp.latency.store import MeasurementStore, partial_path
+from halp.latency.table import LatencyTable, LayerEntry, OpModel
+from halp.latency.timing import TimingSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Knobs of a profiling run (all recorded in the table's metadata).
+
+    Attributes:
+        warmup, warmup_ms, repeats, min_time_ms, max_repeats: per-point timing (see TimingSettings).
+        grid_points: at most this many widths per prunable axis of the coarse grid.
+        fine_span: every cout over the last ``fine_span`` channels, at full cin (0: no fine sweep).
+        op_points: representative shapes timed per non-conv op kind.
+        calibration_samples: random slim variants measured end to end for the calibration.
+        calibration_low: their widths are uniform in ``[calibration_low, 1]`` of each group.
+        calibration_rounds: interleaved rounds of end-to-end timing.
+        e2e_warmup, e2e_repeats: warm-up calls and timed calls per model in the calibration.
+        seed: random widths of the calibration variants.
+    """
+
+    warmup: int = 5
+    warmup_ms: float = 20.0
+    repeats: int = 15
+    min_time_ms: float = 30.0
+    max_repeats: int = 200
+    grid_points: int = 12
+    fine_span: int = 64
+    op_points: int = 3
+    calibration_samples: int = 8
+    calibration_low: float = 0.25
+    calibration_rounds: int = 5
+    e2e_warmup: int = 10
+    e2e_repeats: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.timing()  # validates the timing fields
+        for name in ("grid_points", "op_points", "calibration_rounds", "e2e_repeats"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("fine_span", "calibration_samples", "e2e_warmup", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.grid_points < 2:
+            raise ValueError(f"grid_points must be >= 2 (smallest and full width), got {self.grid_points}")
+        if not 0.0 < self.calibration_low <= 1.0:
+            raise ValueError(f"calibration_low must be in (0, 1], got {self.calibration_low}")
+
+    def timing(self) -> TimingSettings:
+        return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats)
+
+    def e2e_timing(self) -> TimingSettings:
+        return TimingSettings(self.e2e_warmup, 10 * self.warmup_ms, self.e2e_repeats, 0.0, self.e2e_repeats)
+
+
+def _rebatch(inputs: tuple[torch.Tensor, ...], batch: int | None) -> tuple[torch.Tensor, ...]:
+    if batch is None or all(t.shape[0] == batch for t in inputs):
+        return inputs
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    return tuple(t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs)
+
+
+def _detect_step(channels: np.ndarray, median: np.ndarray, noise: np.ndarray, full: int, points: int) -> int:
+    """Alignment of the coarse cout grid: the staircase step found by halp.grouping, if it is usable."""
+    fallback = default_align(full, points)
+    try:
+        from halp.grouping import detect_step
+    except ImportError:
+        return fallback
+    try:
+        step = int(detect_step(channels, median, noise))
+    except Exception as exc:  # noqa: BLE001 - a grouping failure must not lose a long profile
+        logger.warning("step detection failed (%s); aligning the grid to %d channels", exc, fallback)
+        return fallback
+    return step if 1 <= step <= max(full // 4, 1) else fallback
+
+
+class _Profiler:
+    def __init__(self, backend: Backend, store: MeasurementStore, settings: ProfileSettings,
+                 tick: Callable[[int], None]) -> None:
+        self.be, self.store, self.s, self.tick = backend, store, settings, tick
+
+    def point(self, plan: EntryPlan, cin: int, cout: int) -> tuple[float, float]:
+        key = f"L|{plan.id}|{cin}|{cout}"
+        if key not in self.store:
+            st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
+            self.store.put(key, [st.median_ms, st.iqr_ms])
+            self.tick(1)
+        med, noise = self.store.get(key)
+        return float(med), float(noise)
+
+    def entry(self, plan: EntryPlan) -> LayerEntry:
+        s = self.s
+        fine = fine_range(plan, s.fine_span)
+        fine_cin = (lambda c: c) if plan.depthwise else (lambda c: plan.cin_full)
+        fv = np.array([self.point(plan, fine_cin(c), c) for c in fine]).reshape(-1, 2)
+        align = (_detect_step(fine, fv[:, 0], fv[:, 1], plan.cout_full, s.grid_points)
+                 if fine.size >= 8 else default_align(plan.cout_full, s.grid_points))
+        cout = axis_grid(plan.cout_full, plan.cout_low, s.grid_points, align, plan.multiple)
+        if plan.depthwise:
+            vals = np.array([self.point(plan, c, c) for c in cout])
+            med, noise = vals[:, 0], vals[:, 1]
+            cin = cout
+        else:
+            cin = axis_grid(plan.cin_full, plan.cin_low, s.grid_points,
+                            default_align(plan.cin_full, s.grid_points), plan.multiple)
+            vals = np.array([[self.point(plan, ci, co) for co in cout] for ci in cin])
+            med, noise = vals[..., 0], vals[..., 1]
+        return LayerEntry(plan.shape, plan.in_repeat, plan.cin_full, plan.cout_full, cin, cout, med, noise,
+                          fine, fv[:, 0].copy(), fv[:, 1].copy(), list(plan.layers))
+
+    def op_kind(self, kind: str, configs: list[tuple[int, int, int, int]]) -> OpModel:
+        samples = []
+        for b, c, h, w in configs:
+            key = f"O|{kind}|{b}x{c}x{h}x{w}"
+            if key not in self.store:
+                st = self.be.time_op(kind, b, c, (h, w))
+                self.store.put(key, [st.median_ms, st.iqr_ms])
+                self.tick(1)
+            med, noise = self.store.get(key)
+            samples.append([b, c, h, w, float(med), float(noise)])
+        overhead, slope = fit_line([b * c * h * w / 1e6 for b, c, h, w, _, _ in samples],
+                                   [m for *_, m, _ in samples])
+        return OpModel(overhead, slope, samples)
+
+
+def profile(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    backend: str | Backend = "torch-cpu",
+    dtype: str = "float32",
+    threads: int | None = None,
+    batch: int | None = None,
+    path: str | Path | None = None,
+    progress: bool = True,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    **settings: Any,
+) -> LatencyTable:
+    """Measure the latency table of ``model`` on this device.
+
+    For every distinct prunable layer shape: a coarse ``cin × cout`` grid (1-D for depthwise convs) and
+    a fine sweep of cout near full width; a line per non-conv op kind; then the calibration against the
+    dense model and random slim variants measured end to end. ``model`` is not modified.
+
+    Args:
+        model: the dense network.
+        example_inputs: a tensor or tuple of tensors (their shape fixes the spatial sizes).
+        backend: ``"torch-cpu"``, ``"torch-cuda"``, ``"onnxruntime"`` or a :class:`Backend`.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (onnxruntime: float32 only).
+        threads: intra-op threads while measuring (None: torch's current setting, recorded);
+            restored afterwards.
+        batch: batch size to profile at (None: the inputs' batch).
+        path: where to write the table. Measurements are flushed to ``<path>.partial.json`` as they
+            are made and a rerun resumes from it; an existing finished table for the same model and
+            settings is returned without measuring (``overwrite=True`` re-profiles).
+        progress: show a tqdm progress bar.
+        name: a label for the model, stored in the metadata.
+        overwrite: ignore an existing finished table at ``path``.
+        **settings: fields of :class:`ProfileSettings` (``repeats``, ``grid_points``, ``fine_span``, ...).
+    """
+    try:
+        cfg = ProfileSettings(**settings)
+    except TypeError as exc:
+        names = [f.name for f in dataclasses.fields(ProfileSettings)]
+        raise ValueError(f"unknown profile setting ({exc}); valid settings: {names}") from None
+    inputs = _rebatch(as_inputs(example_inputs), batch)
+    be = get_backend(backend, dtype=dtype, threads=threads, settings=cfg.timing())
+    dtype = be.dtype
+    from halp.graph import build_graph
+
+    graph = build_graph(model, inputs)
+    gh = graph_hash(graph)
+    batch = int(inputs[0].shape[0])
+    info = be.info()
+    meta: dict[str, Any] = {
+        "backend": be.name, "device": info["device"], "batch": batch, "dtype": dtype, "threads": be.threads,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "python")} | {"halp": halp.__version__},
+        "platform": info["platform"], "settings": dataclasses.asdict(cfg),
+        "model": {"name": name, "class": type(model).__name__, "graph_hash": gh,
+                  "input_shapes": [list(t.shape) for t in inputs]},
+    }
+    path = Path(path) if path is not None else None
+    if path is not None and path.exists() and not overwrite:
+        old = LatencyTable.load(path)
+        same = all(old.meta.get(k) == meta[k] for k in ("backend", "batch", "dtype", "threads")) and \
+            old.meta.get("model", {}).get("graph_hash") == gh
+        if same and not old.covers(graph):
+            logger.info("latency table %s already profiled for this model and settings; reusing it", path)
+            return old
+        raise ValueError(
+            f"{path} holds a latency table for another model or settings ({old!r}); choose another output "
+            "path, delete it, or pass overwrite=True (CLI: --overwrite)"
+        )
+    fingerprint = {k: meta[k] for k in ("backend", "device", "batch", "dtype", "threads")}
+    fingerprint["timing"] = dataclasses.asdict(cfg.timing())
+    fingerprint["e2e"] = [cfg.e2e_warmup, cfg.e2e_repeats, cfg.calibration_rounds]
+    fingerprint["torch"] = torch.__version__
+    store = MeasurementStore(partial_path(path) if path is not None else None, fingerprint)
+
+    plans = plan_entries(graph, dtype)
+    op_plans = plan_ops(graph, cfg.op_points)
+    n_cal = cfg.calibration_samples + 1
+    total = sum(len(fine_range(p, cfg.fine_span)) + (1 if p.depthwise else cfg.grid_points) * cfg.grid_points
+                for p in plans) + sum(len(v) for v in op_plans.values()) + n_cal
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    bar = tqdm(total=total, disable=not progress, desc="profiling", unit="pt", dynamic_ncols=True)
+    try:
+        with be, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            prof = _Profiler(be, store, cfg, bar.update)
+            entries = []
+            for p in plans:
+                bar.set_postfix_str(p.layers[0], refresh=False)
+                entries.append(prof.entry(p))
+            ops = {}
+            for kind, configs in op_plans.items():
+                bar.set_postfix_str(kind, refresh=False)
+                ops[kind] = prof.op_kind(kind, configs)
+            table = LatencyTable(meta, entries, ops)
+            bar.set_postfix_str("calibration", refresh=False)
+            table.calibration = calibrate(
+                model, inputs, graph, table, be, store, samples=cfg.calibration_samples,
+                low=cfg.calibration_low, rounds=cfg.calibration_rounds, seed=cfg.seed, on_measured=bar.update,
+            )
+    finally:
+        store.flush()
+        bar.close()
+    meta["profile_seconds"] = round(time.perf_counter() - start, 2)
+    meta["measurements"] = {"new": store.new, "resumed": store.resumed}
+    logger.info("profiled %d entries, %d op kinds in %.1f s (%d new measurements, %d resumed)",
+                len(entries), len(ops), meta["profile_seconds"], store.new, store.resumed)
+    if path is not None:
+        table.save(path)
+        store.discard()
+    return table

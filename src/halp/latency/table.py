@@ -1,0 +1,333 @@
+"""The latency table: what was measured, how, and how to read it.
+
+A table holds, per distinct layer shape of the profiled model, latency over a coarse (cin × cout)
+grid plus a fine sweep of cout near full width; a per-kind model of the non-conv ops; and the
+calibration that maps table sums to the measured end-to-end latency. It is one self-describing JSON
+file (no pickle): ``format_version`` plus the metadata that makes the measurement reproducible.
+
+Entries are identified by ``(shape key, in_repeat, full cin, full cout)`` of the profiled dense layer.
+Lookups by a layer at given widths use the shape key (with the table's dtype) and choose the
+*smallest entry whose grid covers the widths*, so a slim model's layers (same shape keys, fewer
+channels) resolve to the dense entries that were measured for them, and the dense graph with group
+widths (:func:`halp.latency.predict.predict_from_widths`) resolves to exactly the same entries.
+Width 0 (a removed layer) costs 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from halp.graph.types import ChannelGraph, Layer, LayerShape
+from halp.latency import serial
+from halp.latency.interp import interp1, interp2, outside
+from halp.latency.ops import canonical_kind
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "halp-latency-table"
+FORMAT_VERSION = 1
+EXTRAPOLATE = ("warn", "raise")
+
+
+@dataclass
+class LayerEntry:
+    """Measured latency of one layer shape over its channel grid (all times in ms).
+
+    ``median_ms``/``noise_ms`` are ``(len(cin), len(cout))``; for a depthwise conv (one width) they are
+    1-D over ``cout`` and ``cin`` equals ``cout``. ``fine_*`` is a contiguous sweep of cout at full cin
+    (empty when cout cannot be pruned). Noise is the interquartile range of the repeats.
+    """
+
+    shape: LayerShape
+    in_repeat: int
+    cin_full: int
+    cout_full: int
+    cin: np.ndarray
+    cout: np.ndarray
+    median_ms: np.ndarray
+    noise_ms: np.ndarray
+    fine_cout: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fine_median_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fine_noise_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.shape.key()
+
+    @property
+    def id(self) -> str:
+        return entry_id(self.shape, self.in_repeat, self.cin_full, self.cout_full)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.shape.depthwise
+
+    def covers(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        ok = (cout >= self.cout[0]) & (cout <= self.cout[-1])
+        if not self.depthwise:
+            ok &= (cin >= self.cin[0]) & (cin <= self.cin[-1])
+        return ok
+
+    def lookup(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        """Interpolated latency; inside the fine sweep's range the staircase is restored."""
+        fine = self.fine_cout
+        if self.depthwise:
+            out = interp1(self.cout, self.median_ms, cout)
+            if fine.size:
+                m = (cout >= fine[0]) & (cout <= fine[-1])
+                out = np.where(m, self.fine_median_ms[np.clip(cout - fine[0], 0, fine.size - 1).astype(int)], out)
+            return out
+        out = interp2(self.cin, self.cout, self.median_ms, cin, cout)
+        if fine.size:
+            # A multiplicative ripple taken from the full-cin row: exact on that row, 1 at coarse points.
+            m = (cout >= fine[0]) & (cout <= fine[-1])
+            if np.any(m):
+                idx = np.clip(cout - fine[0], 0, fine.size - 1).astype(int)
+                row = interp2(self.cin, self.cout, self.median_ms, np.full(cout.shape, self.cin_full), cout)
+                ratio = np.where(m & (row > 0), self.fine_median_ms[idx] / np.where(row > 0, row, 1.0), 1.0)
+                out = out * ratio
+        return out
+
+
+def entry_id(shape: LayerShape, in_repeat: int, cin_full: int, cout_full: int) -> str:
+    """The identity of a table entry (also used in partial files)."""
+    return f"{shape.key()}|r{int(in_repeat)}|{int(cin_full)}x{int(cout_full)}"
+
+
+@dataclass
+class OpModel:
+    """Latency of one non-conv op kind: ``overhead_ms + ms_per_melem · volume / 1e6``.
+
+    ``volume`` is batch × channels × height × width of the op's output. ``samples`` are the
+    measurements the line was fitted to: ``[batch, channels, h, w, median_ms, noise_ms]``.
+    """
+
+    overhead_ms: float
+    ms_per_melem: float
+    samples: list[list[float]] = field(default_factory=list)
+
+    def __call__(self, volume: float | np.ndarray) -> float | np.ndarray:
+        return self.overhead_ms + self.ms_per_melem * np.asarray(volume, dtype=np.float64) / 1e6
+
+
+@dataclass
+class Calibration:
+    """End-to-end ≈ ``a · Σ layer table + b · Σ op model + c`` (ms), fitted by non-negative least squares
+    on the dense model and random slim variants measured during profiling.
+
+    ``samples`` holds ``{"label", "layers_ms", "ops_ms", "measured_ms", "noise_ms", "widths"}`` per model
+    measured, so the fit can be checked or redone.
+    """
+
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+    method: str = "identity"
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, layers_ms: float, ops_ms: float) -> float:
+        return self.a * layers_ms + self.b * ops_ms + self.c
+
+
+class LatencyTable:
+    """Latency of a model's layers and ops on one device, backend, dtype, batch and thread count.
+
+    Build one with :func:`halp.profile`; persist with :meth:`save` / :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        meta: Mapping[str, Any],
+        entries: Iterable[LayerEntry],
+        ops: Mapping[str, OpModel] | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        self.meta: dict[str, Any] = dict(meta)
+        self.entries: list[LayerEntry] = list(entries)
+        self.ops: dict[str, OpModel] = dict(ops or {})
+        self.calibration: Calibration = calibration or Calibration()
+        self._warned: set[str] = set()
+        self._by_key: dict[tuple[str, int], list[LayerEntry]] = {}
+        for e in self.entries:
+            self._by_key.setdefault((e.key, e.in_repeat), []).append(e)
+        for lst in self._by_key.values():
+            lst.sort(key=lambda e: (e.cin_full * e.cout_full, e.cin_full, e.cout_full))
+
+    # -- metadata --------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return str(self.meta["backend"])
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta["batch"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.meta["dtype"])
+
+    @property
+    def threads(self) -> int:
+        return int(self.meta["threads"])
+
+    def check_compatible(
+        self, *, backend: str | None = None, batch: int | None = None, dtype: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """Raise ``ValueError`` if the table was measured under other conditions than those asked."""
+        asked = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads}
+        have = {"backend": self.backend, "batch": self.batch, "dtype": self.dtype, "threads": self.threads}
+        bad = [f"{k} {asked[k]!r} (table: {have[k]!r})" for k in asked if asked[k] is not None and asked[k] != have[k]]
+        if bad:
+            raise ValueError(
+                "latency table does not match: " + ", ".join(bad)
+                + f"; profile a table for these settings (halp profile --backend ... --input BxCxHxW), "
+                f"or use inputs/settings matching the table (measured on {self.meta.get('device')})"
+            )
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def _candidates(self, layer: Layer) -> list[LayerEntry]:
+        key = dataclasses.replace(layer.shape, dtype=self.dtype).key()
+        return self._by_key.get((key, int(layer.in_repeat)), [])
+
+    def entry_for(self, layer: Layer) -> LayerEntry:
+        """The entry that serves ``layer`` at its own widths (``KeyError`` if its shape was not profiled)."""
+        cands = self._candidates(layer)
+        if not cands:
+            raise KeyError(
+                f"layer {layer.name!r} (shape {layer.shape.key()}, in_repeat {layer.in_repeat}) is not in the "
+                f"latency table; re-profile the table on this model"
+            )
+        cin, cout = np.array(layer.in_channels), np.array(layer.out_channels)
+        for e in cands:
+            if e.covers(cin, cout):
+                return e
+        return cands[-1]
+
+    def layer_latency(
+        self, layer: Layer, cin: int | np.ndarray, cout: int | np.ndarray, *, extrapolate: str = "warn"
+    ) -> float | np.ndarray:
+        """Latency (ms) of ``layer`` with ``cin`` inputs and ``cout`` outputs (broadcast arrays allowed).
+
+        Exact at grid points, bilinear between them, with the fine cout sweep's staircase near full
+        width. Outside every covering entry's grid: ``extrapolate="warn"`` continues linearly (one
+        warning per entry and side) and ``"raise"`` raises ``ValueError``. Width 0 costs 0.
+        """
+        if extrapolate not in EXTRAPOLATE:
+            raise ValueError(f"extrapolate must be one of {EXTRAPOLATE}, got {extrapolate!r}")
+        cands = self._candidates(layer)
+        if not cands:
+            self.entry_for(layer)  # raises the KeyError with its message
+        scalar = np.ndim(cin) == 0 and np.ndim(cout) == 0
+        ci, co = np.broadcast_arrays(np.asarray(cin, dtype=np.int64), np.asarray(cout, dtype=np.int64))
+        if np.any(ci < 0) or np.any(co < 0):
+            raise ValueError(f"channel counts must be >= 0 (layer {layer.name!r}): cin={cin}, cout={cout}")
+        out = np.zeros(ci.shape, dtype=np.float64)
+        todo = (ci > 0) & (co > 0)
+        for e in cands:
+            m = todo & e.covers(ci, co)
+            if np.any(m):
+                out[m] = e.lookup(ci[m], co[m])
+                todo &= ~m
+        if np.any(todo):
+            e = cands[-1]
+            self._outside(layer, e, ci[todo], co[todo], extrapolate)
+            out[todo] = np.maximum(e.lookup(ci[todo], co[todo]), 0.0)
+        return float(out) if scalar else out
+
+    def _outside(self, layer: Layer, e: LayerEntry, ci: np.ndarray, co: np.ndarray, policy: str) -> None:
+        axes = [("cout", co, e.cout)] + ([] if e.depthwise else [("cin", ci, e.cin)])
+        parts = [
+            f"{name} {int(v[outside(g, v)][0])} outside the profiled range [{int(g[0])}, {int(g[-1])}]"
+            for name, v, g in axes if np.any(outside(g, v))
+        ]
+        msg = f"layer {layer.name!r}: " + "; ".join(parts) + f" of table entry {e.id}"
+        if policy == "raise":
+            raise ValueError(msg + "; profile this model (or a wider one) or pass extrapolate='warn'")
+        if e.id not in self._warned:
+            self._warned.add(e.id)
+            logger.warning("%s; extrapolating linearly", msg)
+
+    def cout_sweep(self, layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(channels, median_ms, noise_ms)`` of the fine cout sweep at full cin for ``layer``'s entry.
+
+        This is what latency-aware grouping reads to find the staircase step. Where cout was not
+        prunable (no sweep) it is the coarse full-cin row. ``KeyError`` if the layer was not profiled.
+        """
+        e = self.entry_for(layer)
+        if e.fine_cout.size:
+            return e.fine_cout.copy(), e.fine_median_ms.copy(), e.fine_noise_ms.copy()
+        if e.depthwise:
+            return e.cout.copy(), np.asarray(e.median_ms).copy(), np.asarray(e.noise_ms).copy()
+        row = int(np.searchsorted(e.cin, e.cin_full))
+        return e.cout.copy(), e.median_ms[row].copy(), e.noise_ms[row].copy()
+
+    def op_latency(self, kind: str, volume: float | np.ndarray) -> float | np.ndarray:
+        """Latency (ms) of a non-conv op of ``kind`` touching ``volume`` elements."""
+        model = self.ops.get(kind.lower()) or self.ops.get(canonical_kind(kind))
+        if model is None:
+            raise KeyError(f"op kind {kind!r} is not in the latency table; re-profile the table on this model")
+        return model(volume)
+
+    def covers(self, graph: ChannelGraph) -> list[str]:
+        """Names of the graph's layers (and non-conv ops) that this table cannot predict."""
+        missing = [layer.name for layer in graph.layers if not self._candidates(layer)]
+        for op in graph.others:
+            if op.kind.lower() not in self.ops and canonical_kind(op.kind) not in self.ops:
+                missing.append(op.name)
+        return missing
+
+    def layer_names(self) -> list[str]:
+        return [name for e in self.entries for name in e.layers]
+
+    def entry_by_layer_name(self, name: str) -> LayerEntry:
+        for e in self.entries:
+            if name in e.layers:
+                return e
+        raise KeyError(f"no layer named {name!r} in the table; profiled layers: {self.layer_names()[:30]}")
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return serial.table_to_dict(self, FORMAT, FORMAT_VERSION)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (atomically: a reader never sees a half-written file)."""
+        path = Path(path)
+        serial.atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> "LatencyTable":
+        meta, entries, ops, calib = serial.table_from_dict(data, source, FORMAT, FORMAT_VERSION)
+        return cls(meta, entries, ops, calib)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table written by :meth:`save`; a bad file raises ``ValueError`` saying what to do."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"latency table {path} does not exist; build one with `halp profile`") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"latency table {path} is not valid JSON ({exc.msg} at line {exc.lineno}); the file is corrupt "
+                "or truncated: delete it and re-profile (`halp profile ... -o " f"{path}`)"
+            ) from None
+        return cls.from_dict(data, str(path))
+
+    def __repr__(self) -> str:
+        return (
+            f"LatencyTable(backend={self.backend!r}, device={self.meta.get('device')!r}, batch={self.batch}, "
+            f"dtype={self.dtype!r}, threads={self.threads}, entries={len(self.entries)}, ops={sorted(self.ops)})"
+        )
