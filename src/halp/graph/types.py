@@ -100,7 +100,9 @@ class Member:
       * ``"depthwise"`` — a depthwise conv: dim 0 of its weight, and its ``groups``/in/out counts
       * ``"norm"``  — a BatchNorm/GroupNorm-free per-channel norm: weight, bias, running stats
       * ``"param"`` — any other per-channel parameter or buffer (``attr`` names it), e.g. a layer scale
-    ``offset`` is where the group's channels start in that dimension.
+    ``offset`` is where the group's channels start in that dimension (in that dimension's index units:
+    channel ``c`` of the group occupies indices ``offset + c*repeat ... offset + c*repeat + repeat - 1``).
+    ``dim`` (role ``"param"`` only) is the dimension of the parameter that holds the channels.
     """
 
     module: str
@@ -108,6 +110,7 @@ class Member:
     offset: int = 0
     repeat: int = 1
     attr: str = ""
+    dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class ChannelGroup:
     reason: str = ""  # why not prunable, when it is not
     min_channels: int = 1  # the least it may keep (a structural minimum, e.g. grouped-conv groups)
     multiple_of: int = 1  # widths must stay a multiple of this (grouped convs)
+    # Grouped convs: the group's channels split into ``blocks`` equal contiguous blocks (the conv groups)
+    # and every block must keep the same number of channels. 1 = no such constraint.
+    blocks: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""Turn the facts recorded during the walk into the frozen ChannelGraph.
+
+Naming rule: a group is named after its first producer layer in execution order (the order of the
+traced graph), as ``"layer"`` when the group starts at channel 0 of that layer's output and
+``"layer@offset"`` otherwise (a conv whose output is split into independent pieces). Names depend only
+on module names and execution order, so building twice or on a deep copy gives the same names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from .channels import Chan, Solution
+from .types import ChannelGraph, ChannelGroup, Layer, Member, OtherOp, Slice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .build import _Walker
+
+
+def _hw(shape: tuple[int, ...], repeat: int) -> tuple[int, int]:
+    if len(shape) >= 4:
+        return (int(shape[2]), int(math.prod(shape[3:])))
+    if len(shape) == 3:
+        return (int(shape[2]), 1)
+    return (repeat, 1)
+
+
+class _Namer:
+    def __init__(self, sol: Solution, names: dict[int, str]) -> None:
+        self.sol = sol
+        self.names = names
+
+    def slices(self, chan: Chan | None, width: int) -> tuple[tuple[Slice, ...], int]:
+        """(slices, repeat) of an axis; mixed repeats fall back to fixed slices of raw positions."""
+        if chan is None:
+            return ((None, width),), 1
+        pieces = self.sol.pieces(chan)
+        repeats = {p.repeat for p in pieces}
+        if len(repeats) <= 1:
+            r = repeats.pop() if repeats else 1
+            return tuple((self.names.get(self.sol.root[p.atom]), p.length) for p in pieces), r
+        return tuple((None, p.length * p.repeat) for p in pieces), 1
+
+
+def _grouped_constraints(walker: "_Walker", sol: Solution) -> tuple[dict[int, int], dict[int, list[str]]]:
+    """Per class: the lcm of conv-group counts it must stay balanced over, and blocking reasons."""
+    blocks: dict[int, int] = {}
+    reasons: dict[int, list[str]] = {}
+    for name, g, in_chan, out_chan in walker.grouped:
+        for side, chan in (("input", in_chan), ("output", out_chan)):
+            pieces = sol.pieces(chan)
+            if len(pieces) == 1 and pieces[0].repeat == 1:
+                r = sol.root[pieces[0].atom]
+                blocks[r] = math.lcm(blocks.get(r, 1), g)
+                continue
+            for p in pieces:
+                reasons.setdefault(sol.root[p.atom], []).append(
+                    f"grouped conv {name!r} (groups={g}) has its {side} made of several channel groups; "
+                    "its conv groups could not stay balanced"
+                )
+    return blocks, reasons
+
+
+def assemble(walker: "_Walker", input_shapes: tuple[tuple[int, ...], ...]) -> ChannelGraph:
+    sol = walker.solver.solve()
+    records = sorted(walker.solver.members.values(), key=lambda r: r.order)
+
+    # names: first producer ("out" member) in execution order, offset within its output
+    names: dict[int, str] = {}
+    order: dict[int, tuple[int, int]] = {}
+    for rec in records:
+        if rec.role != "out":
+            continue
+        for p in sol.pieces(rec.chan):
+            r = sol.root[p.atom]
+            if r not in names:
+                names[r] = rec.module if p.offset == 0 else f"{rec.module}@{p.offset}"
+                order[r] = (rec.order, p.offset)
+    if len(set(names.values())) != len(names):
+        raise RuntimeError("internal error: duplicate group names")
+
+    members: dict[int, list[Member]] = {r: [] for r in names}
+    producers: dict[int, list[str]] = {r: [] for r in names}
+    consumers: dict[int, list[str]] = {r: [] for r in names}
+    for rec in records:
+        for p in sol.pieces(rec.chan):
+            r = sol.root[p.atom]
+            if r not in names:
+                continue
+            m = Member(rec.module, rec.role, p.offset, p.repeat, rec.attr, rec.dim)
+            if m not in members[r]:
+                members[r].append(m)
+            target = producers if rec.role == "out" else consumers if rec.role in ("in", "depthwise") else None
+            if target is not None and rec.module not in target[r]:
+                target[r].append(rec.module)
+
+    blocks, block_reasons = _grouped_constraints(walker, sol)
+    groups = []
+    for r in sorted(names, key=lambda r: order[r]):
+        width = sol.atoms[r][2]
+        reasons = list(sol.reasons.get(r, [])) + block_reasons.get(r, [])
+        b = blocks.get(r, 1)
+        if b > 1 and b >= width:
+            reasons.append(f"grouped convs keep one channel per conv group ({b} groups of {width} channels)")
+        groups.append(ChannelGroup(
+            name=names[r], channels=width, prunable=not reasons, members=tuple(members[r]),
+            producers=tuple(producers[r]), consumers=tuple(consumers[r]), reason="; ".join(reasons),
+            min_channels=max(1, b), multiple_of=b, blocks=b,
+        ))
+
+    namer = _Namer(sol, names)
+    layers = []
+    for lr in walker.layers:
+        in_slices, in_repeat = namer.slices(lr.in_chan, lr.in_features)
+        out_slices, _ = namer.slices(lr.out_chan, lr.out_features)
+        layers.append(Layer(lr.name, lr.shape, in_slices, out_slices, in_repeat))
+
+    others = []
+    for o in walker.others:
+        slices, repeat = namer.slices(o.chan, o.width)
+        others.append(OtherOp(o.name, o.kind, slices, _hw(o.out_shape, repeat),
+                               int(o.out_shape[0]) if o.out_shape else 1))
+    return ChannelGraph(groups=tuple(groups), layers=tuple(layers), others=tuple(others),
+                        input_shapes=input_shapes)
