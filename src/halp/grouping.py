@@ -1,0 +1,346 @@
+"""Latency-aware neuron grouping (HALP-SPEC section 4): prune each group in steps of its latency staircase.
+
+Real latency is a staircase in the channel count (tiles, vector widths). Removing channels only pays
+when a width crosses a cliff, so a group shrinks in whole *steps* (the distance between consecutive
+cliffs) and lands on the fast edge of a stair. The paper hard-codes ResNet-50's sizes for one GPU; here
+the step comes from the measured table, per layer and per device:
+
+* :func:`detect_step` finds the cliffs of one layer's output-channel sweep and returns their typical
+  spacing;
+* :func:`group_steps` takes, for each prunable group, the largest step among the layers producing it
+  (coupled layers must all land on their fast edge), with a fixed global size for ablations and
+  per-name overrides;
+* :func:`block_sizes` cuts a group's current width into the knapsack's items.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from typing import TYPE_CHECKING, Mapping, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # types only: grouping needs no torch and no tracer
+    from halp.graph.types import ChannelGraph, Layer
+
+log = logging.getLogger(__name__)
+
+NO_STAIRCASE = 1
+"""Step returned when a sweep shows no staircase (or too few cliffs to measure one): prune per channel."""
+
+
+class SweepTable(Protocol):
+    """What :func:`group_steps` needs from a latency table."""
+
+    def cout_sweep(self, layer: "Layer") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(channels, median_ms, noise_ms) over output channels near full width; KeyError if not profiled."""
+        ...
+
+
+def _as_sweep(
+    channels: np.ndarray, latency: np.ndarray, noise: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated float arrays sorted by channel count."""
+    ch = np.asarray(channels, dtype=np.float64)
+    lat = np.asarray(latency, dtype=np.float64)
+    if ch.ndim != 1 or lat.shape != ch.shape:
+        raise ValueError(f"channels and latency must be 1-D of equal length, got shapes {ch.shape} and {lat.shape}")
+    nz = np.asarray(noise, dtype=np.float64)
+    if nz.ndim == 0:
+        nz = np.full(ch.shape, float(nz))
+    if nz.shape != ch.shape:
+        raise ValueError(f"noise must be a number or one value per point ({ch.shape}), got shape {nz.shape}")
+    if not (np.all(np.isfinite(ch)) and np.all(np.isfinite(lat)) and np.all(np.isfinite(nz))):
+        raise ValueError("channels, latency and noise must be finite (found NaN or inf)")
+    if np.any(nz < 0):
+        raise ValueError("noise must be non-negative")
+    order = np.argsort(ch, kind="stable")
+    ch, lat, nz = ch[order], lat[order], nz[order]
+    if np.any(np.diff(ch) == 0):
+        raise ValueError("channels must not repeat: give one median per channel count")
+    return ch, lat, nz
+
+
+def _locate(lat: np.ndarray, a: int, b: int, first: int, last: int, cap: float) -> tuple[int, int, int]:
+    """Where a two-level step fits ``lat[a:b+1]`` best, splits searched in ``first..last``.
+
+    A split ``s`` puts points ``a..s`` on the lower-channel level. The fit is to each side's median
+    with residuals capped at ``cap`` (half the jump), so an outlier costs the same wherever the split
+    goes. An outlier right at the cliff hides which side it belongs to: then several splits tie, and
+    we return the preferred one (nearest the middle of the detection run, where a clean cliff sits)
+    together with the lowest and highest tied splits, for :func:`detect_step` to resolve.
+    """
+    centre = 0.5 * (first + last)
+
+    def cost(s: int) -> float:
+        left, right = lat[a : s + 1], lat[s + 1 : b + 1]
+        r = np.concatenate((np.abs(left - np.median(left)), np.abs(right - np.median(right))))
+        return float(np.minimum(r, cap).sum())
+
+    costs = {s: cost(s) for s in range(first, last + 1)}
+    best = min(costs.values())
+    # A misplaced ordinary point costs about a full cap; an outlier moving sides only shifts medians.
+    tied = [s for s, c in costs.items() if c <= best + 0.25 * cap]
+    return min(tied, key=lambda s: (abs(s - centre), s)), min(tied), max(tied)
+
+
+def _cliffs(ch: np.ndarray, lat: np.ndarray, nz: np.ndarray, k: float, w: int) -> list[tuple[int, int, int]]:
+    """Cliffs as (split, lowest tied split, highest tied split), ascending; see :func:`find_cliffs`."""
+    n = len(ch)
+    if n < 2 * w:
+        return []
+
+    def level(lo: int, hi: int) -> tuple[float, float]:  # median latency and noise of points lo..hi-1
+        lo, hi = max(lo, 0), min(hi, n)
+        return float(np.median(lat[lo:hi])), float(np.median(nz[lo:hi]))
+
+    idx = np.arange(w - 1, n - w)  # boundary between point i and i + 1
+    jump = np.empty(len(idx))
+    thr = np.empty(len(idx))
+    for t, i in enumerate(idx):
+        (ml, nl), (mr, nr) = level(i - w + 1, i + 1), level(i + 1, i + 1 + w)
+        jump[t], thr[t] = mr - ml, k * math.hypot(nl, nr)
+    hit = np.abs(jump) > thr
+    found: dict[int, tuple[int, int, int]] = {}
+    t = 0
+    while t < len(idx):
+        if not hit[t]:
+            t += 1
+            continue
+        u = t
+        while u + 1 < len(idx) and hit[u + 1]:
+            u += 1
+        cap = 0.5 * float(np.abs(jump[t : u + 1]).max())
+        first, last = int(idx[t]), int(idx[u])
+        a, b = max(first - w, 0), min(last + w + 1, n - 1)  # the run and a window beyond each side
+        # one boundary beyond the run too: a run cut short by the sweep's edge ends next to its cliff
+        cliff = _locate(lat, a, b, max(first - 1, a), min(last + 1, b - 1), cap)
+        found.setdefault(cliff[0], cliff)
+        t = u + 1
+    cliffs = [found[s] for s in sorted(found)]
+    while _prune_once(cliffs, level, k, w):
+        pass
+    return cliffs
+
+
+def _prune_once(cliffs: list[tuple[int, int, int]], level, k: float, w: int) -> bool:
+    """Drop one false cliff, if any; True when one was dropped.
+
+    Two checks with whole plateaus, which a window's median cannot see: a bump (a jump and its
+    opposite, back to the level before, e.g. two outliers side by side) is removed as a pair; then a
+    cliff whose plateaus on either side (up to the neighbouring cliffs) do not differ by the
+    threshold goes, weakest first.
+    """
+    splits = [c[0] for c in cliffs]
+    for q in range(len(splits) - 1):
+        s1, s2 = splits[q], splits[q + 1]
+        (before, nb), (inside, _), (after, na) = (
+            level(s1 - w + 1, s1 + 1), level(s1 + 1, s2 + 1), level(s2 + 1, s2 + 1 + w)
+        )
+        if (inside - before) * (after - inside) < 0 and abs(after - before) <= k * math.hypot(nb, na):
+            del cliffs[q : q + 2]
+            return True
+    weakest, margin = -1, 0.0
+    bounds = [-1] + splits + [1 << 62]
+    for q, s in enumerate(splits):
+        (ml, nl), (mr, nr) = level(bounds[q] + 1, s + 1), level(s + 1, bounds[q + 2] + 1)
+        excess = abs(mr - ml) - k * math.hypot(nl, nr)
+        if excess <= 0 and (weakest < 0 or excess < margin):
+            weakest, margin = q, excess
+    if weakest >= 0:
+        del cliffs[weakest]
+        return True
+    return False
+
+
+def find_cliffs(
+    channels: np.ndarray, latency: np.ndarray, noise: np.ndarray | float, k: float = 3.0, window: int = 3
+) -> np.ndarray:
+    """Channel counts where the latency jumps: the first count on the new level, ascending.
+
+    A jump is the difference between the medians of ``window`` points on each side, compared with
+    ``k`` times the combined noise of the two sides; medians make one outlying point harmless.
+    Neighbouring detections of one cliff are merged and the cliff is placed where a two-level fit of
+    the surrounding points is best. Candidates are then checked against whole plateaus: a bump that
+    returns to its level, or a cliff whose plateaus do not differ, is dropped. Cliffs closer than
+    ``window + 1`` sweep points can merge, and a cliff within ``window`` points of either end of the
+    sweep cannot be told from an outlier.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 points to be robust to outliers, got {window}")
+    ch, lat, nz = _as_sweep(channels, latency, noise)
+    return np.array([int(round(ch[s + 1])) for s, _, _ in _cliffs(ch, lat, nz, k, window)], dtype=np.int64)
+
+
+def _twos(n: int) -> int:
+    """How many times 2 divides ``n`` (hardware tiles are powers of two)."""
+    return (n & -n).bit_length() - 1 if n > 0 else 0
+
+
+def detect_step(
+    channels: np.ndarray, latency: np.ndarray, noise: np.ndarray | float, k: float = 3.0, window: int = 3
+) -> int:
+    """The typical distance, in channels, between consecutive cliffs of a latency sweep.
+
+    Args:
+        channels: output-channel counts of the sweep (any order, e.g. every count from N-64 to N).
+        latency: median latency at each count.
+        noise: the uncertainty of each median (same units), or one number for all.
+        k: how many combined noise units a jump must exceed to count as a cliff.
+        window: points per side whose median is compared (>= 2).
+
+    Returns:
+        The spacing most consecutive cliffs agree on (each spacing counted as a range when an outlier
+        right at a cliff leaves its exact place open, and at half weight one channel off, for cliffs
+        misplaced by one). Ties go to the smallest spacing, since a missed
+        cliff doubles a spacing far more often than a false one halves it; among tied spacings within
+        two channels of each other, the one with the most factors of two wins (hardware tiles are
+        powers of two or small multiples of them).
+
+        Fallbacks, for sweeps too short to hold two measurable cliffs (a sweep should span three
+        steps or more): with one cliff, the largest power of two dividing its fast edge (the width
+        just below it), capped at the sweep's span, as tiles are aligned that way; with none (a flat
+        or linear sweep), :data:`NO_STAIRCASE`.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 points to be robust to outliers, got {window}")
+    ch, lat, nz = _as_sweep(channels, latency, noise)
+    cliffs = _cliffs(ch, lat, nz, k, window)
+    pos = lambda s: int(round(ch[s + 1]))  # noqa: E731 - first channel count on the new level
+    if not cliffs:
+        log.debug("detect_step: no cliffs; no staircase, step %d", NO_STAIRCASE)
+        return NO_STAIRCASE
+    if len(cliffs) == 1:
+        span = max(int(ch[-1] - ch[0]), 1)
+        step = min(1 << _twos(pos(cliffs[0][0]) - 1), 1 << (span.bit_length() - 1))
+        log.info("detect_step: one cliff (at %d); step %d from its alignment", pos(cliffs[0][0]), step)
+        return max(step, 1)
+    ranges = [
+        (pos(c2[1]) - pos(c1[2]), pos(c2[2]) - pos(c1[1])) for c1, c2 in zip(cliffs, cliffs[1:])
+    ]
+    def support(p: int) -> float:  # full for a spacing in range, half for one channel off
+        return sum(1.0 if lo <= p <= hi else 0.5 if lo - 1 <= p <= hi + 1 else 0.0 for lo, hi in ranges)
+
+    scores = {p: support(p) for p in range(1, max(hi for _, hi in ranges) + 2)}
+    best = max(scores.values())
+    tied = [p for p, c in scores.items() if c == best]
+    near = [p for p in tied if p <= tied[0] + 2]
+    return max(near, key=lambda p: (_twos(p), -p))
+
+
+def _check_size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive whole number of channels, got {value!r}")
+    return int(value)
+
+
+def _override(name: str, overrides: Mapping[str, int]) -> int | None:
+    for pattern, size in overrides.items():  # first matching pattern wins
+        if fnmatch.fnmatchcase(name, pattern):
+            return size
+    return None
+
+
+def group_steps(
+    graph: "ChannelGraph",
+    table: SweepTable | None,
+    mode: str | int = "auto",
+    overrides: Mapping[str, int] | None = None,
+    k: float = 3.0,
+) -> dict[str, int]:
+    """Each prunable group's step (channels per knapsack item).
+
+    Args:
+        graph: the channel graph; ``group.producers`` name the layers whose outputs are the group.
+        table: anything with ``cout_sweep(layer)`` (see :class:`SweepTable`); only used with ``"auto"``.
+        mode: ``"auto"`` (detect from the table) or a fixed size for every group (the fixed-group
+            ablation of the paper's Figs. 4 and 6).
+        overrides: ``{fnmatch pattern: size}``. A pattern matching the group's name sets the group's
+            step; one matching a producer layer's name sets that layer's step. Patterns are tried in
+            order, the first match wins, and overrides win over ``mode``.
+        k: cliff threshold in noise units, passed to :func:`detect_step`.
+
+    Returns:
+        ``{group name: step}``. A coupled group takes the largest step of its producers; a layer the
+        table has not profiled counts as step 1 (with a warning). Steps are capped at the group's
+        width and rounded up to its ``multiple_of``.
+    """
+    if isinstance(mode, str):
+        if mode != "auto":
+            raise ValueError(f"mode must be 'auto' or a positive integer block size, got {mode!r}")
+        if table is None:
+            raise ValueError("mode='auto' needs a latency table to detect steps from; pass one or a fixed size")
+    else:
+        mode = _check_size(mode, "mode (a fixed group size)")
+    overrides = dict(overrides or {})
+    for pattern, size in overrides.items():
+        if not isinstance(pattern, str):
+            raise ValueError(f"override patterns must be strings, got {pattern!r}")
+        _check_size(size, f"override {pattern!r}")
+    layers = {layer.name: layer for layer in graph.layers}
+    cache: dict[str, int] = {}
+
+    def layer_step(name: str) -> int:
+        if name in cache:
+            return cache[name]
+        step = _override(name, overrides)
+        if step is None and isinstance(mode, int):
+            step = mode
+        if step is None:
+            layer = layers.get(name)
+            if layer is None:
+                log.warning("grouping: producer %r is not a conv/linear layer of the graph; step 1", name)
+                step = NO_STAIRCASE
+            else:
+                try:
+                    channels, median_ms, noise_ms = table.cout_sweep(layer)  # type: ignore[union-attr]
+                except KeyError:
+                    log.warning("grouping: layer %r was not profiled in the table; step 1", name)
+                    step = NO_STAIRCASE
+                else:
+                    step = detect_step(channels, median_ms, noise_ms, k=k)
+                    log.debug("grouping: layer %s step %d", name, step)
+        cache[name] = step
+        return step
+
+    steps: dict[str, int] = {}
+    for group in graph.prunable_groups:
+        step = _override(group.name, overrides)
+        if step is None:
+            candidates = [layer_step(p) for p in group.producers]
+            step = max(candidates) if candidates else (mode if isinstance(mode, int) else NO_STAIRCASE)
+        step = min(step, group.channels)
+        mult = max(1, int(group.multiple_of))
+        steps[group.name] = max(mult, -(-step // mult) * mult)
+    return steps
+
+
+def block_sizes(width: int, step: int, min_keep: int = 1) -> list[int]:
+    """Cut a group of ``width`` ranked channels into knapsack items, most important block first.
+
+    Widths shrink only in whole steps from a multiple of ``step``: the ``width % step`` least important
+    channels form the *last* block (removed first), so the reachable widths are ``width``, then the
+    multiples of ``step`` below it, down to the smallest multiple ``>= min_keep``, which is the first
+    block (a prefix of one block is the least a group may keep; zero blocks removes the group, allowed
+    only when the knapsack's ``min_keep`` for it is 0). If no multiple of ``step`` fits between
+    ``min_keep`` and ``width``, the group is one block.
+
+    Example: ``block_sizes(250, 16, 20) == [32] + [16] * 13 + [10]`` (widths 32, 48, ..., 240, 250).
+
+    Raises:
+        ValueError: ``width`` or ``step`` below 1, or ``min_keep`` outside ``0..width``.
+    """
+    width = _check_size(width, "width")
+    step = _check_size(step, "step")
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, np.integer)) or not 0 <= min_keep <= width:
+        raise ValueError(f"min_keep must be a whole number in 0..width ({width}), got {min_keep!r}")
+    whole = width - width % step  # largest multiple of step <= width
+    first = max(step, -(-int(min_keep) // step) * step)  # smallest multiple of step >= max(min_keep, 1)
+    if first > whole:
+        return [width]
+    blocks = [first] + [step] * ((whole - first) // step)
+    if width > whole:
+        blocks.append(width - whole)
+    return blocks
