@@ -61,14 +61,14 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = ["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
-    with torch.no_grad():
-        out = model(*inputs)
-    n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
-    dynamic_axes = {n: {0: "batch"} for n in names + out_names} if dynamic_batch else None
     flags = {name: m.training for name, m in model.named_modules()}
-    model.eval()
+    model.eval()  # before any forward: a training-mode forward would update BatchNorm statistics
     try:
+        with torch.no_grad():
+            out = model(*inputs)
+        n_out = len(out) if isinstance(out, (tuple, list)) else 1
+        out_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+        dynamic_axes = {n: {0: "batch"} for n in names + out_names} if dynamic_batch else None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices

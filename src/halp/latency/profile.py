@@ -115,7 +115,8 @@ class _Profiler:
         self.be, self.store, self.s, self.tick = backend, store, settings, tick
 
     def point(self, plan: EntryPlan, cin: int, cout: int) -> tuple[float, float]:
-        key = f"L|{plan.id}|{cin}|{cout}"
+        # keyed by what is timed, not by entry: entries of one shape share their common points
+        key = f"L|{plan.shape.key()}|r{plan.in_repeat}|{cin}|{cout}"
         if key not in self.store:
             st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
             self.store.put(key, [st.median_ms, st.iqr_ms])
@@ -264,10 +265,11 @@ def profile(
     finally:
         store.flush()
         bar.close()
-    meta["profile_seconds"] = round(time.perf_counter() - start, 2)
-    meta["measurements"] = {"new": store.new, "resumed": store.resumed}
+    table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
+    table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
+    table.meta["measurements"] = {"new": store.new, "resumed": store.resumed}
     logger.info("profiled %d entries, %d op kinds in %.1f s (%d new measurements, %d resumed)",
-                len(entries), len(ops), meta["profile_seconds"], store.new, store.resumed)
+                len(entries), len(ops), table.meta["profile_seconds"], store.new, store.resumed)
     if path is not None:
         table.save(path)
         store.discard()

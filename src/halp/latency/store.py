@@ -49,6 +49,8 @@ class MeasurementStore:
         self.values: dict[str, Any] = {}
         self.new = 0  # measured in this run
         self.resumed = 0  # found in the partial file
+        self.elapsed_before = 0.0  # profiling seconds spent by earlier, interrupted runs
+        self._started = time.monotonic()
         self._dirty = 0
         self._last = time.monotonic()
         if path is not None and path.exists():
@@ -81,6 +83,7 @@ class MeasurementStore:
             raise ValueError(f"partial profile {path} has no 'values'; delete it to start profiling afresh")
         self.values = values
         self.resumed = len(values)
+        self.elapsed_before = float(data.get("elapsed_s", 0.0))
         logger.info("resuming profile from %s: %d measurements already done", path, len(values))
 
     def __contains__(self, key: str) -> bool:
@@ -96,13 +99,18 @@ class MeasurementStore:
         if self._dirty >= self.flush_every or time.monotonic() - self._last >= self.flush_seconds:
             self.flush()
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds spent profiling, this run and the interrupted runs it resumes."""
+        return self.elapsed_before + time.monotonic() - self._started
+
     def flush(self) -> None:
         if self.path is None or not self._dirty:
             return
         atomic_write_json(
             self.path,
             {"format": PARTIAL_FORMAT, "format_version": PARTIAL_VERSION, "fingerprint": self.fingerprint,
-             "values": self.values},
+             "elapsed_s": round(self.elapsed, 3), "values": self.values},
         )
         self._dirty = 0
         self._last = time.monotonic()

@@ -93,7 +93,7 @@ class LayerEntry:
                 idx = np.clip(cout - fine[0], 0, fine.size - 1).astype(int)
                 row = interp2(self.cin, self.cout, self.median_ms, np.full(cout.shape, self.cin_full), cout)
                 ratio = np.where(m & (row > 0), self.fine_median_ms[idx] / np.where(row > 0, row, 1.0), 1.0)
-                out = out * ratio
+                out = np.where(m & (cin == self.cin_full), self.fine_median_ms[idx], out * ratio)
         return out
 
 

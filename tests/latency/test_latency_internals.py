@@ -1,0 +1,137 @@
+"""Timing statistics, the small NNLS fits, grid planning and op recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from halp.graph.types import ChannelGraph, ChannelGroup, Layer, LayerShape, OtherOp
+from halp.latency.fit import fit_calibration, fit_line, nnls
+from halp.latency.ops import op_module
+from halp.latency.plan import axis_grid, fine_range, plan_entries, plan_ops
+from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
+
+
+def test_latency_stats():
+    s = LatencyStats.from_samples([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s.median_ms == 3.0 and float(s) == 3.0
+    assert s.iqr_ms == pytest.approx(2.0) and s.mean_ms == pytest.approx(22.0)
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([])
+
+
+def test_time_callable_counts_warmup_and_repeats():
+    calls = []
+    st = time_callable(lambda: calls.append(1), TimingSettings(warmup=3, warmup_ms=0, repeats=7, min_time_ms=0))
+    assert len(calls) == 10 and len(st.samples) == 7
+    # min_time_ms keeps sampling fast calls, up to max_repeats
+    calls.clear()
+    st = time_callable(lambda: calls.append(1), TimingSettings(0, 0, 2, min_time_ms=1e6, max_repeats=40))
+    assert len(st.samples) == 40
+    # an injected timer (how CUDA events plug in) is used for the samples
+    st = time_callable(lambda: None, TimingSettings(1, 0, 4, 0), timer=lambda fn: (fn(), 2.5)[1])
+    assert st.samples == [2.5] * 4
+
+
+def test_time_interleaved_round_robin():
+    order = []
+    fns = [lambda: order.append("a"), lambda: order.append("b")]
+    stats = time_interleaved(fns, TimingSettings(warmup=1, warmup_ms=0, repeats=4, min_time_ms=0), rounds=2)
+    assert [len(s.samples) for s in stats] == [4, 4]
+    assert order[:4] == ["a", "a", "b", "b"]  # each warmed up fully first (1 warm-up + 1 trial call)
+    timed = order[4:]
+    # each round: one re-warm + 2 samples of a, then of b
+    assert timed == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+
+
+def test_timing_settings_validation():
+    with pytest.raises(ValueError, match="repeats"):
+        TimingSettings(repeats=0)
+    with pytest.raises(ValueError, match="max_repeats"):
+        TimingSettings(repeats=10, max_repeats=5)
+    with pytest.raises(ValueError, match="warmup_ms"):
+        TimingSettings(warmup_ms=-1)
+
+
+def test_nnls_exact_and_constrained():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (20, 3))
+    x = nnls(a, a @ np.array([2.0, 0.5, 1.0]))
+    np.testing.assert_allclose(x, [2.0, 0.5, 1.0], rtol=1e-10)
+    # a negative coefficient in the truth is clipped to zero, the rest refitted
+    y = a @ np.array([2.0, -1.0, 0.0])
+    x = nnls(a, y)
+    assert x[1] == 0.0 and np.all(x >= 0)
+    ls, *_ = np.linalg.lstsq(a[:, [0, 2]], y, rcond=None)
+    if np.all(ls >= 0):
+        np.testing.assert_allclose(x[[0, 2]], ls, rtol=1e-9)
+
+
+def test_fit_line_and_calibration():
+    v = np.array([0.1, 1.0, 5.0])
+    assert fit_line(v, 0.01 + 0.2 * v) == pytest.approx((0.01, 0.2))
+    lay = np.array([10.0, 7.0, 5.0, 3.0, 8.0])
+    ops = np.array([2.0, 1.0, 1.5, 0.5, 0.7])
+    a, b, c, method = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
+    assert method == "nnls" and (a, b, c) == pytest.approx((1.2, 0.7, 0.3))
+    a, b, c, method = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
+    assert method == "ratio" and (a, b, c) == (1.5, 1.5, 0.0)
+
+
+def test_axis_grid():
+    g = axis_grid(256, 1, 12, align=8)
+    assert g[0] == 1 and g[-1] == 256 and len(g) <= 12 and np.all(g[1:-1] % 8 == 0)
+    assert list(axis_grid(64, 64, 12)) == [64]  # not prunable: one point
+    g = axis_grid(96, 1, 6, align=1, multiple=4)  # grouped conv: multiples of 4
+    assert np.all(g % 4 == 0) and g[-1] == 96
+
+
+def _graph() -> ChannelGraph:
+    conv = LayerShape("conv2d", (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    dw = LayerShape("conv2d", (3, 3), (1, 1), (1, 1), (1, 1), 0, (8, 8))
+    groups = (ChannelGroup("a", 32, True, (), min_channels=2), ChannelGroup("b", 32, False, ()))
+    layers = (
+        Layer("stem", conv, ((None, 3),), (("a", 32),)),
+        Layer("c1", conv, (("a", 32),), (("b", 32),)),
+        Layer("c2", conv, (("b", 32),), (("a", 32),)),  # same shape and widths as c1: shares the entry
+        Layer("dw", dw, (("a", 32),), (("a", 32),)),
+        Layer("fc", LayerShape("linear"), (("a", 32),), ((None, 10),)),
+    )
+    others = (OtherOp("bn", "batchnorm", (("a", 32),), (8, 8)), OtherOp("bn2", "batchnorm", (("b", 32),), (4, 4)),
+              OtherOp("pool", "adaptive_avgpool", (("a", 32),), (1, 1)))
+    return ChannelGraph(groups, layers, others)
+
+
+def test_plan_entries_dedupes_and_unions_prunability():
+    plans = {p.id: p for p in plan_entries(_graph(), "float32")}
+    assert len(plans) == 4
+    shared = next(p for p in plans.values() if p.layers == ["c1", "c2"])
+    # c1 has a prunable input and a fixed output, c2 the opposite: the shared entry spans both
+    assert (shared.cin_low, shared.cout_low) == (2, 2)
+    stem = next(p for p in plans.values() if p.layers == ["stem"])
+    assert (stem.cin_low, stem.cin_full, stem.cout_low) == (3, 3, 2)
+    fc = next(p for p in plans.values() if p.layers == ["fc"])
+    assert fc.cout_low == 10 and fine_range(fc, 64).size == 0  # classifier outputs are fixed
+    assert list(fine_range(stem, 8)) == list(range(25, 33))
+
+
+def test_plan_ops_picks_spread_volumes():
+    plans = plan_ops(_graph(), per_kind=3)
+    assert set(plans) == {"batchnorm", "adaptive_avgpool"}
+    assert plans["batchnorm"] == [(1, 32, 4, 4), (1, 32, 8, 8), (1, 16, 8, 8)]
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "relu", "add", "cat", "maxpool", "adaptive_avgpool", "hardswish",
+                                  "upsample", "pad", "groupnorm", "mul", "softmax"])
+def test_op_recipes_produce_the_described_output(kind):
+    module, inputs = op_module(kind, 2, 8, (4, 4), torch.float32, "cpu")
+    with torch.no_grad():
+        out = module(*inputs)
+    assert tuple(out.shape) == (2, 8, 4, 4)
+
+
+def test_unknown_op_kind_is_timed_generically_with_a_warning(caplog):
+    module, inputs = op_module("weird_op", 1, 4, (2, 2), torch.float32, "cpu")
+    assert tuple(module(*inputs).shape) == (1, 4, 2, 2)
+    assert any("weird_op" in r.message for r in caplog.records)

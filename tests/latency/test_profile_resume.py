@@ -1,0 +1,134 @@
+"""halp.profile with a deterministic fake backend: coverage, exact calibration, resume, file handling."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import halp
+from halp.latency import predict_from_widths, predict_latency, profile
+from halp.latency.calibrate import random_widths, slim_variant
+from halp.latency.store import partial_path
+
+SETTINGS = dict(grid_points=5, fine_span=6, calibration_samples=5, seed=3)
+
+
+def test_profile_covers_the_graph_and_is_exact(tiny, fake_backend, true_e2e):
+    model, x = tiny
+    before = copy.deepcopy(model.state_dict())
+    be = fake_backend()
+    table = profile(model, x, backend=be, progress=False, **SETTINGS)
+    graph = halp.build_graph(model, x)
+    assert table.covers(graph) == []
+    # shapes deduplicated: one entry per (shape, full widths), all layers listed
+    assert sorted(table.layer_names()) == sorted(l.name for l in graph.layers)
+    dw = [e for e in table.entries if e.depthwise]
+    assert len(dw) == 1 and dw[0].median_ms.ndim == 1
+    # each point measured once
+    assert len(be.layer_calls) == len(set(be.layer_calls))
+    # the fake's latencies are bilinear, its ops linear, its end-to-end a known mix: the calibration
+    # recovers it and predictions are exact for unseen widths too
+    c = table.calibration
+    assert c.method == "nnls"
+    assert (c.a, c.b, c.c) == pytest.approx((1.25, 0.8, 0.03), rel=1e-6)
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        w = random_widths(graph, rng, 0.25)
+        assert predict_from_widths(graph, table, w) == pytest.approx(true_e2e(_slim_graph(model, graph, w, x)), rel=1e-9)
+    # the model was not touched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert table.meta["device"] == "fake device" and table.meta["settings"]["grid_points"] == 5
+
+
+def _slim_graph(model, graph, widths, x):
+    return halp.build_graph(slim_variant(model, graph, widths), x)
+
+
+def test_predict_from_widths_matches_predict_latency_on_slim_models(tiny, fake_backend):
+    model, x = tiny
+    table = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    graph = halp.build_graph(model, x)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        widths = random_widths(graph, rng, 0.2)
+        slim = slim_variant(model, graph, widths)
+        assert predict_latency(slim, x, table) == pytest.approx(predict_from_widths(graph, table, widths), rel=1e-12)
+    assert predict_latency(model, x, table) == pytest.approx(predict_from_widths(graph, table), rel=1e-12)
+    with pytest.raises(ValueError, match="batch 2"):
+        predict_latency(model, torch.randn(2, 3, 8, 8), table)
+
+
+def test_interrupted_profile_resumes_without_remeasuring(tiny, fake_backend, tmp_path):
+    model, x = tiny
+    reference = fake_backend()
+    ref_table = profile(model, x, backend=reference, progress=False, **SETTINGS)
+    total = len(reference.layer_calls)
+
+    path = tmp_path / "table.json"
+    first = fake_backend(fail_after=total // 2 + 3)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, x, backend=first, path=path, progress=False, **SETTINGS)
+    assert not path.exists() and partial_path(path).exists()
+    saved = json.loads(partial_path(path).read_text())["values"]
+    assert len([k for k in saved if k.startswith("L|")]) == total // 2 + 3  # flushed on interruption
+
+    second = fake_backend()
+    table = profile(model, x, backend=second, path=path, progress=False, **SETTINGS)
+    assert not set(first.layer_calls) & set(second.layer_calls)  # nothing measured twice
+    assert len(first.layer_calls) + len(second.layer_calls) == total
+    assert path.exists() and not partial_path(path).exists()
+    assert table.meta["measurements"] == {"new": len(second.layer_calls) + second.op_calls + 6,
+                                         "resumed": total // 2 + 3}
+    assert table.to_dict()["layers"] == ref_table.to_dict()["layers"]
+
+    # a finished table for the same model and settings is reused, measuring nothing
+    third = fake_backend()
+    again = profile(model, x, backend=third, path=path, progress=False, **SETTINGS)
+    assert third.layer_calls == [] and third.op_calls == 0 and third.model_calls == 0
+    assert again.to_dict() == halp.LatencyTable.load(path).to_dict()
+
+
+def test_resume_refuses_other_settings_and_corrupt_partials(tiny, fake_backend, tmp_path):
+    model, x = tiny
+    path = tmp_path / "t.json"
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, x, backend=fake_backend(fail_after=4), path=path, progress=False, **SETTINGS)
+    with pytest.raises(ValueError, match="other settings.*repeats"):
+        profile(model, x, backend=fake_backend(), path=path, progress=False, repeats=3, **SETTINGS)
+    partial_path(path).write_text('{"format": "halp-latency-partial", "values": {')
+    with pytest.raises(ValueError, match="corrupt.*delete it"):
+        profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+
+
+def test_existing_table_for_another_model_is_not_overwritten(tiny, fake_backend, tmp_path):
+    model, x = tiny
+    path = tmp_path / "t.json"
+    profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    other = type(model)(width=8)
+    with pytest.raises(ValueError, match="another model or settings"):
+        profile(other, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    t = profile(other, x, backend=fake_backend(), path=path, progress=False, overwrite=True, **SETTINGS)
+    assert t.covers(halp.build_graph(other, x)) == []
+
+
+def test_bad_settings_are_value_errors(tiny):
+    model, x = tiny
+    with pytest.raises(ValueError, match="unknown profile setting"):
+        profile(model, x, progress=False, repetitions=3)
+    with pytest.raises(ValueError, match="grid_points"):
+        profile(model, x, progress=False, grid_points=1)
+    with pytest.raises(ValueError, match="unknown latency backend"):
+        profile(model, x, backend="tpu", progress=False)
+    with pytest.raises(ValueError, match="threads"):
+        profile(model, x, threads=0, progress=False)
+
+
+def test_batch_argument_rebatches_inputs(tiny, fake_backend):
+    model, x = tiny
+    table = profile(model, x, backend=fake_backend(), batch=3, progress=False, **SETTINGS)
+    assert table.batch == 3 and all(e.shape.batch == 3 for e in table.entries)
+    assert predict_latency(model, torch.randn(3, 3, 8, 8), table) > 0
