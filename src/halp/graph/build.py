@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -43,13 +44,15 @@ class OtherRecord:
 
 
 def _function_name(fn: Any) -> str:
-    if fn in vars(operator).values():
-        return f"operator.{fn.__name__}"
-    module = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
-    if not module and hasattr(torch, getattr(fn, "__name__", "")):
-        module = "torch"
-    return f"{module}.{name}" if module else name
+    """A readable, importable name: torch.cumsum rather than torch._VariableFunctionsClass.cumsum."""
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        return repr(fn)
+    for prefix, namespace in (("operator", operator), ("torch", torch), ("torch.nn.functional", F)):
+        if getattr(namespace, name, None) is fn:
+            return f"{prefix}.{name}"
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{getattr(fn, '__qualname__', name)}" if module else name
 
 
 class _Walker:

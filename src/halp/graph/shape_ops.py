@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .channels import Chan, scale_repeat, slice_chan
 from .handlers import OpContext, TensorVal, TupleVal, Value, register_handler
@@ -36,6 +37,39 @@ def _ndim_dim(dim: Any, ndim: int) -> int | None:
     return dim + ndim if dim < 0 else dim
 
 
+def _pin(ctx: OpContext, x: TensorVal, lo: int, hi: int, why: str) -> None:
+    """Freeze channel positions [lo, hi) of ``x``: code that hard-codes them breaks if they move."""
+    if x.chan is None or lo >= hi:
+        return
+    piece = slice_chan(x.chan, lo, hi)
+    reason = f"{ctx.describe()} {why}"
+    ctx.fix(TensorVal(x.shape, x.dtype, piece) if piece is not None else x, reason)
+
+
+def _op_name(ctx: OpContext) -> str:
+    if ctx.node.op == "call_method":
+        return str(ctx.node.target)
+    if ctx.node.op == "call_module":
+        return type(ctx.module).__name__.lower()
+    return getattr(ctx.node.target, "__name__", "")
+
+
+def _literal_channel_size(ctx: OpContext, n_out: int) -> bool:
+    """Does the op's size argument spell out the output's channel count as a constant?"""
+    name = _op_name(ctx)
+    if name in ("view", "reshape", "expand", "broadcast_to"):
+        spec = list(ctx.node.args[1:]) or [ctx.node.kwargs.get("shape", ctx.node.kwargs.get("size"))]
+        if len(spec) == 1 and isinstance(spec[0], (list, tuple)):
+            spec = list(spec[0])
+        return len(spec) == n_out and isinstance(spec[1], int) and spec[1] != -1
+    if name == "unflatten":
+        dim, sizes = ctx.arg(1, "dim"), ctx.arg(2, "sizes")
+        if ctx.module is not None:
+            dim, sizes = ctx.module.dim, ctx.module.unflattened_size
+        return dim in (1, -n_out + 1) and isinstance(sizes[0], int) and sizes[0] != -1
+    return False
+
+
 # -- reshape family ------------------------------------------------------------------------------
 def reshape(ctx: OpContext) -> Value | None:
     """view/reshape/flatten/unflatten/squeeze/unsqueeze: row-major order is kept, so a channel that
@@ -55,6 +89,14 @@ def reshape(ctx: OpContext) -> Value | None:
     chan = scale_repeat(x.chan, e_in, e_out) if e_out else None
     if chan is None:
         return ctx.opaque(f"{ctx.describe()} reshapes {i_shape} to {o_shape}, merging channels")
+    if _op_name(ctx) in ("view_as", "reshape_as"):
+        other = ctx.tensor(ctx.arg(1, "other"))
+        if other is not None and other.chan is not None and tuple(other.shape) == o_shape:
+            ctx.equate(TensorVal(o_shape, x.dtype, chan), other)  # their widths must stay equal
+        elif other is not None:
+            return ctx.opaque(f"{ctx.describe()} takes its channel count from another tensor")
+    if _literal_channel_size(ctx, len(o_shape)):
+        ctx.fix(x, f"{ctx.describe()} hard-codes the channel count ({o_shape[1]})")
     return ctx.output(chan)
 
 
@@ -94,6 +136,12 @@ def expand(ctx: OpContext) -> Value | None:
     o_shape = ctx.out_shape
     if x.chan is None or len(o_shape) != len(x.shape) or o_shape[1] != x.shape[1]:
         return ctx.opaque(f"{ctx.describe()} broadcasts or tiles the channel axis")
+    if _op_name(ctx) == "expand_as":
+        other = ctx.tensor(ctx.arg(1, "other"))
+        if other is not None and other.chan is not None:
+            ctx.equate(x, other)  # the channel counts must stay equal
+    if _literal_channel_size(ctx, len(o_shape)):
+        ctx.fix(x, f"{ctx.describe()} hard-codes the channel count ({o_shape[1]})")
     return ctx.output(x.chan)
 
 
@@ -134,7 +182,7 @@ def split(ctx: OpContext) -> Value | None:
     x = _first(ctx)
     metas = ctx.out_meta
     name = ctx.node.target if ctx.node.op == "call_method" else getattr(ctx.node.target, "__name__", "")
-    if not isinstance(metas, (tuple, list)):
+    if isinstance(metas, TensorMetadata) or not isinstance(metas, (tuple, list)):
         raise ValueError(f"{ctx.describe()} was expected to return several tensors")
     dim_pos = 1 if name == "unbind" else 2
     dim = _ndim_dim(ctx.arg(dim_pos, "dim", 0), len(x.shape))
@@ -153,6 +201,14 @@ def split(ctx: OpContext) -> Value | None:
             return ctx.opaque(f"{ctx.describe()} cuts through a flattened channel")
         items.append(ctx.output(piece, m))
         pos += width
+    sections = ctx.arg(1)
+    equal_parts = name == "chunk" or (name == "tensor_split" and isinstance(sections, int))
+    if equal_parts and len({m.shape[1] for m in metas}) == 1:
+        # chunk(n) cuts the *pruned* axis into n equal parts: the parts must lose the same channels
+        for item in items[1:]:
+            ctx.equate(items[0], item)
+    else:  # sizes or positions written in the code: they cannot follow a pruned width
+        ctx.fix(x, f"{ctx.describe()} splits channels at fixed sizes {[m.shape[1] for m in metas]}")
     return TupleVal(tuple(items))
 
 
@@ -166,6 +222,7 @@ def narrow(ctx: OpContext) -> Value | None:
     if not isinstance(start, int):
         return ctx.opaque(f"{ctx.describe()} narrows channels at a position known only at run time")
     start = start + x.shape[1] if start < 0 else start
+    _pin(ctx, x, 0, start + ctx.out_shape[1], "selects channels at fixed positions")
     piece = slice_chan(x.chan, start, start + ctx.out_shape[1])
     return ctx.output(piece) if piece is not None else ctx.opaque(f"{ctx.describe()} cuts a flattened channel")
 
@@ -204,6 +261,12 @@ def getitem(ctx: OpContext) -> Value | None:
     piece = slice_chan(x.chan, start, max(start, stop))
     if piece is None or len(ctx.out_shape) < 2 or ctx.out_shape[1] != max(0, stop - start):
         return ctx.opaque(reason)
+    width = x.shape[1]
+    for bound in (cut.start, cut.stop):  # a literal bound pins the channels between it and its end
+        if isinstance(bound, int) and bound >= 0:
+            _pin(ctx, x, 0, min(bound, width), "selects channels at fixed positions")
+        elif isinstance(bound, int):
+            _pin(ctx, x, max(0, width + bound), width, "selects channels at fixed positions")
     return ctx.output(piece)
 
 
@@ -223,7 +286,7 @@ def reduce(ctx: OpContext) -> Value | None:
         dims_set = {_ndim_dim(d, ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
     kind = ctx.node.target if ctx.node.op == "call_method" else getattr(ctx.node.target, "__name__", "reduce")
     meta = ctx.out_meta
-    first_meta = meta[0] if isinstance(meta, (tuple, list)) else meta
+    first_meta = meta if isinstance(meta, TensorMetadata) else meta[0]
     keepdim = len(first_meta.shape) == ndim
     if x.chan is None:
         return ctx.walker.map_meta(meta, lambda m: ctx.output(None, m) if len(m.shape) < 2
