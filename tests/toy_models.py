@@ -207,7 +207,7 @@ class FlattenMLPToy(nn.Module):
 
 
 class FunctionalResToy(nn.Module):
-    """Residuals written with functional ops (torch.add, operator.add, +=), a per-channel scale read
+    """Residuals written with functional ops (torch.add, operator.add, +), a per-channel scale read
     as a parameter, a per-channel PReLU, channel slicing by indexing, a weight-shared conv called
     twice, and concatenation along the height axis."""
 
@@ -231,7 +231,7 @@ class FunctionalResToy(nn.Module):
         y = operator.add(y, self.shared(y))
         z = self.shared(F.max_pool2d(y, 2, 2))
         z = F.interpolate(z, size=y.shape[-2:])
-        y += z
+        y = y + z
         h = self.c3(y)
         w = self.c4(y[:, :8])
         h = torch.cat([h, w], dim=2).sigmoid()  # height concat: h and w share channels

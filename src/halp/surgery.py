@@ -239,7 +239,9 @@ def _slim_conv(name: str, m: nn.Conv2d, entries: dict[_Key, torch.Tensor]) -> No
             f"(out {[b.numel() for b in blocks_out]}, in {[b.numel() for b in blocks_in]})"
         )
     w = m.weight.detach()
-    weight = torch.cat([w.index_select(0, bo).index_select(1, bi) for bo, bi in zip(blocks_out, blocks_in)])
+    dev = w.device
+    weight = torch.cat([w.index_select(0, bo.to(dev)).index_select(1, bi.to(dev))
+                        for bo, bi in zip(blocks_out, blocks_in)])
     _set(m, "weight", weight)
     _take(m, "bias", 0, keep_out)
     m.in_channels, m.out_channels = int(keep_in.numel()), int(keep_out.numel())
@@ -248,7 +250,8 @@ def _slim_conv(name: str, m: nn.Conv2d, entries: dict[_Key, torch.Tensor]) -> No
 def _slim_linear(m: nn.Linear, entries: dict[_Key, torch.Tensor]) -> None:
     keep_out = _keep_along(m.out_features, entries.get(("out", "", 0)))
     keep_in = _keep_along(m.in_features, entries.get(("in", "", 0)))
-    _set(m, "weight", m.weight.detach().index_select(0, keep_out).index_select(1, keep_in))
+    dev = m.weight.device
+    _set(m, "weight", m.weight.detach().index_select(0, keep_out.to(dev)).index_select(1, keep_in.to(dev)))
     _take(m, "bias", 0, keep_out)
     m.in_features, m.out_features = int(keep_in.numel()), int(keep_out.numel())
 

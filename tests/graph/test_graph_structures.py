@@ -191,3 +191,25 @@ def test_graph_does_not_retain_the_model() -> None:
     del model
     gc.collect()
     assert ref() is None
+
+
+class _ReversedHalves(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.c(torch.cat(y.chunk(2, 1)[::-1], 1) + self.b(y).repeat(1, 2, 1, 1))
+
+
+def test_tuple_of_tensors_passed_whole_and_ignored_conv() -> None:
+    model = _ReversedHalves()
+    g = build_graph(model, torch.randn(1, 3, 5, 5))
+    # chunk halves are coupled; the reversed cat still reads the same group twice
+    assert _layer(g, "c").in_slices == (("a", 4), ("a", 4))
+    # repeat() tiles b's channels: frozen with the reason, never guessed
+    assert not g.group("b").prunable and "tiles" in g.group("b").reason
+    g2 = build_graph(model, torch.randn(1, 3, 5, 5), ignore=["c"])
+    assert [l.name for l in g2.layers] == ["a", "b", "c"]
+    assert not g2.group("a").prunable and "ignore" in g2.group("a").reason

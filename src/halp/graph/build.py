@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -21,6 +22,8 @@ from .handlers import (
 )
 from .trace import module_matcher, normalize_inputs, trace
 from .types import ChannelGraph, LayerShape
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -282,4 +285,9 @@ def build_graph(
     gm = trace(model, inputs, lambda m, q: leaf(m, q) or ignored(m, q), concrete_args)
     walker = _Walker(gm, registry, ignored)
     walker.run()
-    return assemble(walker, tuple(tuple(t.shape) for t in inputs))
+    graph = assemble(walker, tuple(tuple(t.shape) for t in inputs))
+    log.debug(
+        "channel graph of %s: %d groups (%d prunable), %d layers, %d other ops",
+        type(model).__name__, len(graph.groups), len(graph.prunable_groups), len(graph.layers), len(graph.others),
+    )
+    return graph

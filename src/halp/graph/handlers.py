@@ -125,17 +125,31 @@ class OpContext:
         yield from walk(self.node.kwargs)
 
     def values(self) -> list[tuple[Any, TensorVal | ConstVal]]:
-        """(raw arg, value) of every tensor-valued argument, constants kept as ConstVal."""
-        out = []
-        for a in self._flat_args():
-            v = self.value(a)
+        """(raw arg, value) of every tensor-valued argument, constants kept as ConstVal.
+
+        Tuples of tensors passed whole (``torch.cat(x.chunk(2, 1), 1)``) are expanded in order.
+        """
+        out: list[tuple[Any, TensorVal | ConstVal]] = []
+
+        def add(a: Any, v: Any) -> None:
             if isinstance(v, (TensorVal, ConstVal)):
                 out.append((a, v))
+            elif isinstance(v, TupleVal):
+                for item in v.items:
+                    add(None, item)
+
+        for a in self._flat_args():
+            add(a, self.value(a))
         return out
 
     def tensors(self) -> list[TensorVal]:
         """Every tensor argument in order (lists such as ``torch.cat``'s are flattened)."""
-        return [t for a, _ in self.values() if (t := self.tensor(a)) is not None]
+        out = []
+        for a, v in self.values():
+            if isinstance(v, ConstVal):
+                v = self._w.const_tensor(a, v)
+            out.append(v)
+        return out
 
     def describe(self) -> str:
         return self._w.describe(self.node)

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .channels import Chan
-from .handlers import OpContext, TensorVal, Value, register_handler
+from .handlers import Handler, OpContext, TensorVal, Value, register_handler
 from .types import LayerShape
 
 
@@ -102,7 +102,7 @@ def linear(ctx: OpContext) -> Value | None:
     return out
 
 
-def norm(kind: str) -> object:
+def norm(kind: str) -> Handler:
     """BatchNorm / InstanceNorm: per-channel affine terms and statistics."""
 
     def handler(ctx: OpContext) -> Value | None:
