@@ -274,17 +274,19 @@ def getitem(ctx: OpContext) -> Value | None:
 def reduce(ctx: OpContext) -> Value | None:
     """mean/sum/amax/...: reducing spatial axes keeps channels; reducing channels freezes them."""
     x = _first(ctx)
-    dims = ctx.arg(1, "dim")
-    if isinstance(dims, fx.Node):  # torch.max(a, b): element-wise, not a reduction
+    name = _op_name(ctx)
+    dims = ctx.arg(2 if name == "norm" else 1, "dim")  # norm(input, p, dim, ...)
+    if isinstance(dims, fx.Node) or isinstance(ctx.node.kwargs.get("other"), fx.Node):
+        # torch.max(a, b): element-wise, not a reduction
         from .ops import elementwise
 
-        return elementwise("max")(ctx)
+        return elementwise(name)(ctx)
     ndim = len(x.shape)
     if dims is None:
         dims_set = set(range(ndim))
     else:
         dims_set = {_ndim_dim(d, ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-    kind = ctx.node.target if ctx.node.op == "call_method" else getattr(ctx.node.target, "__name__", "reduce")
+    kind = name or "reduce"
     meta = ctx.out_meta
     first_meta = meta if isinstance(meta, TensorMetadata) else meta[0]
     keepdim = len(first_meta.shape) == ndim
@@ -319,7 +321,7 @@ def _register_all() -> None:
     register_handler("narrow", narrow)
     register_handler(torch.narrow, narrow)
     register_handler(operator.getitem, getitem)
-    for name in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod"):
+    for name in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod", "norm"):
         register_handler(name, reduce)
         fn = getattr(torch, name, None)
         if fn is not None:
