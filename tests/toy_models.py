@@ -250,6 +250,28 @@ class InputResidualToy(nn.Module):
         return self.fc(self.c2(x).amax((2, 3)))
 
 
+class ShuffleInceptionToy(nn.Module):
+    """ShuffleNet channel shuffle (view/transpose/reshape: frozen, with the reason), then
+    Inception-style parallel branches concatenated and a self-gate on their pooled mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = cbr(3, 16), cbr(16, 16, 1, groups=4)
+        self.dw = cbr(16, 16, 3, groups=16)
+        self.branches = nn.ModuleList([cbr(16, 8, 1), cbr(16, 8, 3), cbr(16, 6, 5)])
+        self.fc = nn.Linear(22, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        y = self.c2(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = self.dw(y) + x
+        y = torch.cat([b(y) for b in self.branches], 1)
+        y = y * F.hardsigmoid(y.mean((2, 3), keepdim=True))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).view(n, -1))
+
+
 TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "densenet": (DenseNetToy, (2, 3, 16, 16)),
     "se_resnet": (SEResToy, (2, 3, 16, 16)),
@@ -260,6 +282,7 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "flatten_mlp": (FlattenMLPToy, (2, 3, 16, 16)),
     "functional_res": (FunctionalResToy, (2, 3, 12, 12)),
     "input_residual": (InputResidualToy, (2, 3, 10, 10)),
+    "shuffle_inception": (ShuffleInceptionToy, (2, 3, 8, 8)),
 }
 
 

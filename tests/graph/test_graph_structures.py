@@ -18,6 +18,7 @@ from toy_models import (
     GroupedToy,
     InputResidualToy,
     SEResToy,
+    ShuffleInceptionToy,
     UNetToy,
     randomize,
 )
@@ -154,6 +155,17 @@ def test_network_input_and_output_groups_are_frozen() -> None:
     assert not g.group("c1").prunable and "network input" in g.group("c1").reason
     assert g.group("c2").prunable and not g.group("fc").prunable
     assert _layer(g, "c1").in_slices == (("c1", 3),) and g.input_shapes == ((2, 3, 10, 10),)
+
+
+def test_channel_shuffle_freezes_and_branches_stay_prunable() -> None:
+    g = _build(ShuffleInceptionToy, TOYS["shuffle_inception"][1])
+    assert not g.group("c2.0").prunable and "view" in g.group("c2.0").reason
+    assert not g.group("c1.0").prunable  # summed with the shuffled channels
+    dw = _layer(g, "dw.0")  # reads 4 frozen source channels spread over 16 positions
+    assert dw.in_slices == ((None, 16),) and g.layer_widths({})["dw.0"] == (16, 16)
+    fc = _layer(g, "fc")
+    assert fc.in_slices == (("branches.0.0", 8), ("branches.1.0", 8), ("branches.2.0", 6))
+    assert all(g.group(n).prunable for n, _ in fc.in_slices)
 
 
 @pytest.mark.parametrize("name", sorted(TOYS))

@@ -31,16 +31,22 @@ class _Namer:
         self.sol = sol
         self.names = names
 
-    def slices(self, chan: Chan | None, width: int) -> tuple[tuple[Slice, ...], int]:
-        """(slices, repeat) of an axis; mixed repeats fall back to fixed slices of raw positions."""
+    def slices(self, chan: Chan | None, width: int, allow_repeat: bool) -> tuple[tuple[Slice, ...], int]:
+        """(slices, repeat) of an axis.
+
+        Only a linear layer's input (``Layer.in_repeat``) and 2-D feature tensors can express a
+        repeat; elsewhere a repeated piece (channels spread by a reshape, always frozen) becomes a
+        fixed slice of its raw width.
+        """
         if chan is None:
             return ((None, width),), 1
         pieces = self.sol.pieces(chan)
         repeats = {p.repeat for p in pieces}
-        if len(repeats) <= 1:
+        if repeats <= {1} or (allow_repeat and len(repeats) == 1):
             r = repeats.pop() if repeats else 1
             return tuple((self.names.get(self.sol.root[p.atom]), p.length) for p in pieces), r
-        return tuple((None, p.length * p.repeat) for p in pieces), 1
+        return tuple((self.names.get(self.sol.root[p.atom]), p.length) if p.repeat == 1
+                     else (None, p.length * p.repeat) for p in pieces), 1
 
 
 def _grouped_constraints(walker: "_Walker", sol: Solution) -> tuple[dict[int, int], dict[int, list[str]]]:
@@ -112,13 +118,13 @@ def assemble(walker: "_Walker", input_shapes: tuple[tuple[int, ...], ...]) -> Ch
     namer = _Namer(sol, names)
     layers = []
     for lr in walker.layers:
-        in_slices, in_repeat = namer.slices(lr.in_chan, lr.in_features)
-        out_slices, _ = namer.slices(lr.out_chan, lr.out_features)
+        in_slices, in_repeat = namer.slices(lr.in_chan, lr.in_features, lr.shape.kind == "linear")
+        out_slices, _ = namer.slices(lr.out_chan, lr.out_features, False)
         layers.append(Layer(lr.name, lr.shape, in_slices, out_slices, in_repeat))
 
     others = []
     for o in walker.others:
-        slices, repeat = namer.slices(o.chan, o.width)
+        slices, repeat = namer.slices(o.chan, o.width, len(o.out_shape) <= 2)
         others.append(OtherOp(o.name, o.kind, slices, _hw(o.out_shape, repeat),
                                int(o.out_shape[0]) if o.out_shape else 1))
     return ChannelGraph(groups=tuple(groups), layers=tuple(layers), others=tuple(others),
