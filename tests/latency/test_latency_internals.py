@@ -73,10 +73,16 @@ def test_fit_line_and_calibration():
     assert fit_line(v, 0.01 + 0.2 * v) == pytest.approx((0.01, 0.2))
     lay = np.array([10.0, 7.0, 5.0, 3.0, 8.0])
     ops = np.array([2.0, 1.0, 1.5, 0.5, 0.7])
-    a, b, c, method = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
-    assert method == "nnls" and (a, b, c) == pytest.approx((1.2, 0.7, 0.3))
-    a, b, c, method = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
-    assert method == "ratio" and (a, b, c) == (1.5, 1.5, 0.0)
+    a, b, c, method, loo = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
+    assert method == "split" and (a, b, c) == pytest.approx((1.2, 0.7, 0.3))
+    assert loo["split"] < 1e-9 < min(loo["affine"], loo["scale"])
+    # when a shared scale explains the data, the simpler form is kept (it extrapolates more safely)
+    rng = np.random.default_rng(1)
+    y = 1.3 * (lay + ops) + 0.2
+    a, b, c, method, loo = fit_calibration(lay, ops, y * (1 + 0.001 * rng.standard_normal(5)))
+    assert method == "affine" and a == b and a == pytest.approx(1.3, rel=0.01) and c == pytest.approx(0.2, abs=0.05)
+    a, b, c, method, loo = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
+    assert method == "scale" and (a, b, c) == pytest.approx((1.5, 1.5, 0.0)) and loo == {}
 
 
 def test_axis_grid():

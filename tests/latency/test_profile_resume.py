@@ -33,7 +33,7 @@ def test_profile_covers_the_graph_and_is_exact(tiny, fake_backend, true_e2e):
     # the fake's latencies are bilinear, its ops linear, its end-to-end a known mix: the calibration
     # recovers it and predictions are exact for unseen widths too
     c = table.calibration
-    assert c.method == "nnls"
+    assert c.method == "split"
     assert (c.a, c.b, c.c) == pytest.approx((1.25, 0.8, 0.03), rel=1e-6)
     rng = np.random.default_rng(11)
     for _ in range(3):

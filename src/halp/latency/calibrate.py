@@ -106,13 +106,14 @@ def calibrate(
         med, iqr = store.get(key)
         rows.append({"label": label, "layers_ms": lay, "ops_ms": ops, "measured_ms": float(med),
                      "noise_ms": float(iqr), "widths": widths})
-    a, b, c, method = fit_calibration(
+    a, b, c, method, loo = fit_calibration(
         [r["layers_ms"] for r in rows], [r["ops_ms"] for r in rows], [r["measured_ms"] for r in rows]
     )
-    calib = Calibration(a, b, c, method, rows)
+    calib = Calibration(a, b, c, method, rows, loo)
     errs = [abs(calib.apply(r["layers_ms"], r["ops_ms"]) / r["measured_ms"] - 1) for r in rows]
     logger.info(
-        "calibration (%s): measured ≈ %.3f·layers + %.3f·ops + %.3f ms; max rel. error on its %d samples %.1f%%",
-        method, a, b, c, len(rows), 100 * max(errs),
+        "calibration (%s): measured ≈ %.3f·layers + %.3f·ops + %.3f ms; max rel. error on its %d samples %.1f%%, "
+        "leave-one-out %s", method, a, b, c, len(rows), 100 * max(errs),
+        ", ".join(f"{k} {100 * v:.1f}%" for k, v in loo.items()),
     )
     return calib

@@ -42,27 +42,64 @@ def fit_line(volume: Sequence[float], ms: Sequence[float]) -> tuple[float, float
     return float(x[0]), float(x[1])
 
 
+#: calibration forms, simplest first: columns of the design matrix from (layers, ops)
+CALIBRATION_FORMS = ("scale", "affine", "split")
+
+
+def _design(form: str, lay: np.ndarray, ops: np.ndarray) -> np.ndarray:
+    if form == "scale":
+        return (lay + ops)[:, None]
+    if form == "affine":
+        return np.stack([lay + ops, np.ones_like(lay)], axis=1)
+    return np.stack([lay, ops, np.ones_like(lay)], axis=1)
+
+
+def _solve(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    w = 1.0 / np.maximum(y, 1e-12)  # relative errors: small and large models count alike
+    x = nnls(_design(form, lay, ops) * w[:, None], y * w)
+    if form == "scale":
+        return float(x[0]), float(x[0]), 0.0
+    if form == "affine":
+        return float(x[0]), float(x[0]), float(x[1])
+    return float(x[0]), float(x[1]), float(x[2])
+
+
+def _loo(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> float:
+    """Leave-one-out RMS relative error of a calibration form."""
+    errs = []
+    for i in range(y.size):
+        m = np.arange(y.size) != i
+        a, b, c = _solve(form, lay[m], ops[m], y[m])
+        errs.append((a * lay[i] + b * ops[i] + c) / y[i] - 1.0)
+    return float(np.sqrt(np.mean(np.square(errs))))
+
+
 def fit_calibration(
     layers_ms: Sequence[float], ops_ms: Sequence[float], measured_ms: Sequence[float]
-) -> tuple[float, float, float, str]:
-    """Fit ``measured ≈ a·layers + b·ops + c`` (``a, b, c >= 0``, relative error weighting).
+) -> tuple[float, float, float, str, dict[str, float]]:
+    """Fit ``measured ≈ a·layers + b·ops + c`` with ``a, b, c >= 0`` (relative error weighting).
 
-    With fewer than three distinct samples the fit is underdetermined; then a single scale
-    ``measured ≈ s·(layers + ops)`` is used.
+    The layer and op sums grow together as widths change, so a free three-term fit on a dozen noisy
+    measurements can trade one for the other (e.g. ``a = 0``) and extrapolate badly. Three forms are
+    therefore compared by leave-one-out error and the simplest one within 5% of the best is kept:
+    ``scale`` (``a = b``, ``c = 0``), ``affine`` (``a = b``) and ``split`` (all three free).
 
     Returns:
-        ``(a, b, c, method)`` where method is ``"nnls"`` or ``"ratio"``.
+        ``(a, b, c, form, loo)``: the coefficients, the chosen form (``"identity"`` without samples)
+        and the leave-one-out RMS relative error of every form that could be assessed.
     """
     lay = np.asarray(layers_ms, dtype=np.float64)
     ops = np.asarray(ops_ms, dtype=np.float64)
     y = np.asarray(measured_ms, dtype=np.float64)
     if y.size == 0:
-        return 1.0, 1.0, 0.0, "identity"
-    total = lay + ops
-    distinct = np.unique(np.round(total, 9)).size
-    if y.size < 3 or distinct < 3:
-        s = float(np.median(y / np.maximum(total, 1e-12)))
-        return s, s, 0.0, "ratio"
-    w = 1.0 / np.maximum(y, 1e-12)
-    x = nnls(np.stack([lay, ops, np.ones_like(y)], axis=1) * w[:, None], y * w)
-    return float(x[0]), float(x[1]), float(x[2]), "nnls"
+        return 1.0, 1.0, 0.0, "identity", {}
+    distinct = np.unique(np.round(lay + ops, 9)).size
+    # each form needs two more distinct samples than unknowns for its leave-one-out error to mean anything
+    usable = [f for f, k in zip(CALIBRATION_FORMS, (1, 2, 3)) if distinct >= k + 2] or ["scale"]
+    loo = {f: _loo(f, lay, ops, y) for f in usable} if y.size >= 3 else {}
+    form = usable[0]
+    for f in usable[1:]:
+        if loo[f] < 0.95 * loo[form]:
+            form = f
+    a, b, c = _solve(form, lay, ops, y)
+    return a, b, c, form, loo

@@ -57,7 +57,7 @@ class ProfileSettings:
     grid_points: int = 12
     fine_span: int = 64
     op_points: int = 3
-    calibration_samples: int = 8
+    calibration_samples: int = 12
     calibration_low: float = 0.25
     calibration_rounds: int = 5
     e2e_warmup: int = 10
@@ -213,7 +213,7 @@ def profile(
         "backend": be.name, "device": info["device"], "batch": batch, "dtype": dtype, "threads": be.threads,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "python")} | {"halp": halp.__version__},
-        "platform": info["platform"], "settings": dataclasses.asdict(cfg),
+        "platform": info["platform"], "settings": dataclasses.asdict(cfg), "backend_options": be.options(),
         "model": {"name": name, "class": type(model).__name__, "graph_hash": gh,
                   "input_shapes": [list(t.shape) for t in inputs]},
     }
@@ -233,6 +233,7 @@ def profile(
     fingerprint["timing"] = dataclasses.asdict(cfg.timing())
     fingerprint["e2e"] = [cfg.e2e_warmup, cfg.e2e_repeats, cfg.calibration_rounds]
     fingerprint["torch"] = torch.__version__
+    fingerprint["backend_options"] = be.options()
     store = MeasurementStore(partial_path(path) if path is not None else None, fingerprint)
 
     plans = plan_entries(graph, dtype)

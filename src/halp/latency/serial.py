@@ -85,7 +85,7 @@ def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, An
         for kind, m in sorted(table.ops.items())
     }
     c = table.calibration
-    calib = {"a": c.a, "b": c.b, "c": c.c, "method": c.method, "samples": c.samples}
+    calib = {"a": c.a, "b": c.b, "c": c.c, "method": c.method, "loo_rel_rmse": c.loo_rel_rmse, "samples": c.samples}
     return {"format": fmt, "format_version": version, "meta": table.meta, "layers": entries, "ops": ops,
             "calibration": calib}
 
@@ -131,7 +131,8 @@ def table_from_dict(
             raise fail(f"op model {kind!r} is malformed: {exc!s}")
     c = data["calibration"]
     try:
-        calib = Calibration(float(c["a"]), float(c["b"]), float(c["c"]), str(c["method"]), list(c.get("samples", [])))
+        calib = Calibration(float(c["a"]), float(c["b"]), float(c["c"]), str(c["method"]), list(c.get("samples", [])),
+                            {str(k): float(v) for k, v in dict(c.get("loo_rel_rmse", {})).items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"calibration is malformed: {exc!s}")
     return meta, entries, ops, calib

@@ -123,6 +123,9 @@ class Calibration:
     """End-to-end ≈ ``a · Σ layer table + b · Σ op model + c`` (ms), fitted by non-negative least squares
     on the dense model and random slim variants measured during profiling.
 
+    ``method`` is the form chosen by leave-one-out error (``scale``: a = b, c = 0; ``affine``: a = b;
+    ``split``: free), ``loo_rel_rmse`` the leave-one-out RMS relative error of each form tried.
+
     ``samples`` holds ``{"label", "layers_ms", "ops_ms", "measured_ms", "noise_ms", "widths"}`` per model
     measured, so the fit can be checked or redone.
     """
@@ -132,6 +135,7 @@ class Calibration:
     c: float = 0.0
     method: str = "identity"
     samples: list[dict[str, Any]] = field(default_factory=list)
+    loo_rel_rmse: dict[str, float] = field(default_factory=dict)
 
     def apply(self, layers_ms: float, ops_ms: float) -> float:
         return self.a * layers_ms + self.b * ops_ms + self.c
@@ -155,6 +159,7 @@ class LatencyTable:
         self.ops: dict[str, OpModel] = dict(ops or {})
         self.calibration: Calibration = calibration or Calibration()
         self._warned: set[str] = set()
+        self._cand_cache: dict[tuple[LayerShape, int], list[LayerEntry]] = {}
         self._by_key: dict[tuple[str, int], list[LayerEntry]] = {}
         for e in self.entries:
             self._by_key.setdefault((e.key, e.in_repeat), []).append(e)
@@ -195,8 +200,13 @@ class LatencyTable:
 
     # -- lookups ---------------------------------------------------------------------------------
     def _candidates(self, layer: Layer) -> list[LayerEntry]:
-        key = dataclasses.replace(layer.shape, dtype=self.dtype).key()
-        return self._by_key.get((key, int(layer.in_repeat)), [])
+        """Entries measured for this layer's shape (the table's dtype stands in for the layer's)."""
+        ck = (layer.shape, int(layer.in_repeat))
+        found = self._cand_cache.get(ck)
+        if found is None:
+            key = dataclasses.replace(layer.shape, dtype=self.dtype).key()
+            found = self._cand_cache[ck] = self._by_key.get((key, int(layer.in_repeat)), [])
+        return found
 
     def entry_for(self, layer: Layer) -> LayerEntry:
         """The entry that serves ``layer`` at its own widths (``KeyError`` if its shape was not profiled)."""
