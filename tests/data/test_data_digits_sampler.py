@@ -102,3 +102,12 @@ def test_make_loaders_shapes_and_info():
         make_loaders("digits", 32, distributed=True)
     with pytest.raises(ValueError, match="batch_size"):
         make_loaders("digits", 0)
+
+
+def test_worker_processes_give_the_same_batches_as_the_main_process():
+    a, _, _ = make_loaders("digits", 64, seed=5, size=16, workers=0)
+    b, _, _ = make_loaders("digits", 64, seed=5, size=16, workers=2)
+    for loader in (a, b):
+        loader.sampler.set_epoch(2)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

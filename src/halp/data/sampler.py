@@ -8,12 +8,15 @@ and :meth:`SeededSampler.set_skip` drops the first samples of an epoch without l
 
 from __future__ import annotations
 
-from typing import Iterator
+import logging
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import Sampler
 
 from halp.data._common import mix_seed
+
+log = logging.getLogger(__name__)
 
 
 class SeededSampler(Sampler):
@@ -91,3 +94,31 @@ class SeededSampler(Sampler):
         else:
             keys = [order_l[p] for p in mine.tolist()]
         return iter(keys)
+
+
+def steps_per_epoch(loader: Any) -> int:
+    """Batches in a full epoch of ``loader`` (clearing any skip left on a :class:`SeededSampler`)."""
+    if isinstance(getattr(loader, "sampler", None), SeededSampler):
+        loader.sampler.set_skip(0)
+    return len(loader)
+
+
+def epoch_batches(loader: Any, epoch: int, skip: int = 0) -> Iterator[Any]:
+    """The batches of ``epoch`` after its first ``skip``, without loading the skipped ones when possible.
+
+    With a :class:`SeededSampler` (what :func:`halp.data.make_loaders` builds) the skip is free and exact.
+    Other loaders get ``set_epoch`` if they have it, then their first batches are loaded and dropped,
+    which reproduces the interrupted run only if their order is itself deterministic.
+    """
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if skip and isinstance(sampler, SeededSampler) and getattr(loader, "batch_size", None):
+        sampler.set_skip(skip * loader.batch_size)
+        skip = 0
+    elif skip:
+        log.warning("resuming by loading and dropping %d batches; halp.data loaders skip for free", skip)
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    return it
