@@ -127,3 +127,15 @@ def test_torch_cuda_backend(tiny, dtype):
                          grid_points=3, fine_span=4, calibration_samples=3)
     assert table.dtype == dtype and table.meta["device"] == torch.cuda.get_device_name()
     assert halp.predict_latency(model, x, table) > 0
+
+
+def test_onnxruntime_profile_end_to_end(tiny):
+    model, x = tiny
+    table = halp.profile(model, x, backend="onnxruntime", threads=1, progress=False, warmup=1, repeats=3,
+                         min_time_ms=0.0, grid_points=3, fine_span=3, calibration_samples=3, calibration_rounds=1,
+                         e2e_repeats=3)
+    assert table.backend == "onnxruntime" and table.meta["versions"]["onnxruntime"]
+    assert table.covers(halp.build_graph(model, x)) == []
+    assert halp.predict_latency(model, x, table) > 0
+    with pytest.raises(ValueError, match="backend 'torch-cpu'"):
+        table.check_compatible(backend="torch-cpu")

@@ -108,6 +108,8 @@ def test_existing_table_for_another_model_is_not_overwritten(tiny, fake_backend,
     model, x = tiny
     path = tmp_path / "t.json"
     profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    with pytest.raises(ValueError, match="another model or settings"):  # same model, other settings
+        profile(model, x, backend=fake_backend(), path=path, progress=False, **{**SETTINGS, "grid_points": 4})
     other = type(model)(width=8)
     with pytest.raises(ValueError, match="another model or settings"):
         profile(other, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)

@@ -220,8 +220,8 @@ def profile(
     path = Path(path) if path is not None else None
     if path is not None and path.exists() and not overwrite:
         old = LatencyTable.load(path)
-        same = all(old.meta.get(k) == meta[k] for k in ("backend", "batch", "dtype", "threads")) and \
-            old.meta.get("model", {}).get("graph_hash") == gh
+        keys = ("backend", "batch", "dtype", "threads", "settings", "backend_options")
+        same = all(old.meta.get(k) == meta[k] for k in keys) and old.meta.get("model", {}).get("graph_hash") == gh
         if same and not old.covers(graph):
             logger.info("latency table %s already profiled for this model and settings; reusing it", path)
             return old
@@ -265,6 +265,7 @@ def profile(
             )
     finally:
         store.flush()
+        bar.total = bar.n  # the estimate counted every axis as prunable
         bar.close()
     table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
     table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
