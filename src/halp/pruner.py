@@ -22,7 +22,8 @@ from halp.graph import build_graph
 from halp.graph.types import ChannelGraph, ChannelGroup
 from halp.grouping import block_sizes, group_steps
 from halp.importance import ImportanceAccumulator
-from halp.latency import LatencyTable, predict_from_widths
+from halp.curves import WidthPredictor
+from halp.latency import LatencyTable
 from halp.schedule import exponential_targets, pruning_iterations
 from halp.surgery import mask_channels, prune_channels
 
@@ -73,6 +74,7 @@ class Pruner:
             self.graph, table, mode=self.config.grouping, overrides=self.config.grouping_overrides or None
         )
         self.min_width = {g.name: self._min_width(g) for g in self.groups}
+        self._predictor = WidthPredictor(self.graph, table)
         self.keep: dict[str, torch.Tensor] = {
             g.name: torch.arange(g.channels) for g in self.groups
         }  # kept channel indices in the dense numbering
@@ -124,7 +126,7 @@ class Pruner:
 
     def predict(self, widths: dict[str, int]) -> float:
         """Predicted latency (ms) of the dense graph at ``widths`` (missing groups dense)."""
-        return float(predict_from_widths(self.graph, self.table, widths))
+        return self._predictor(widths)
 
     @property
     def done(self) -> bool:
@@ -204,7 +206,7 @@ class Pruner:
             offers,
             self.widths(),
             target,
-            self.predict,
+            self._predictor,
             refine=self.config.refine,
             tolerance=self.config.refine_tolerance,
             resolution=self.config.solver_resolution,

@@ -1,0 +1,139 @@
+"""A whole HALP run from one recipe: data, dense model, table, pruning with fine-tuning, slim model, report.
+
+``halp prune`` and ``halp demo`` are thin wrappers around :func:`run`. Every stage leaves its result in
+the output directory (dense model, table, checkpoints, slim model) so a rerun after a kill resumes from
+the last checkpoint, and a finished stage is never redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from halp.config import PruneConfig
+from halp.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+METHODS = ("halp", "uniform", "taylor-flops")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything one pruning run needs (a YAML file or CLI flags map onto it one to one).
+
+    Attributes:
+        model: a zoo name (``halp.models.list_models()``) or a directory written by ``halp.save_pruned``.
+        weights: a torchvision-format state dict (``.pth``/``.pt``, loaded with ``weights_only=True``) or a
+            ``.safetensors`` file to start from; None trains the dense model first (``dense_train``) or
+            reuses ``<out>/dense`` from an earlier run.
+        data: a data set name (``halp.data.list_datasets()``); ``data_root`` its folder.
+        batch: the deployment batch the latency table and budget refer to.
+        backend, threads: where latency is profiled and measured.
+        table: a latency table file; None profiles this machine now into ``<out>/table.json``.
+        profile: extra :class:`halp.latency.ProfileSettings` fields for that profiling run.
+        method: ``halp`` (the knapsack) or a baseline: ``uniform``, ``taylor-flops`` (with ``flops_target``).
+        prune: :class:`PruneConfig` fields; train: :class:`halp.train.TrainConfig` fields for fine-tuning.
+        dense_train: TrainConfig fields for training the dense model when no weights are given.
+        out: the output directory.
+    """
+
+    model: str = "digits_resnet"
+    weights: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    data_root: str | None = None
+    batch: int = 1
+    backend: str = "torch-cpu"
+    threads: int | None = None
+    table: str | None = None
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    method: str = "halp"
+    flops_target: float = 0.5
+    prune: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    dense_train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 5})
+    measure_repeats: int = 50
+    plots: bool = True
+    out: str = "runs/halp"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {self.batch!r}")
+        if not 0 < self.flops_target <= 1:
+            raise ValueError(f"flops_target must be in (0, 1], got {self.flops_target}")
+        # validate the nested configs now, not after an hour of dense training
+        self.prune_config()
+        self.train_config()
+        self.dense_train_config()
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig.from_dict(dict(self.prune))
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(dict(self.train))
+
+    def dense_train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(dict(self.dense_train))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Recipe":
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read the recipe {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"the recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Loads a torchvision-format state dict or a safetensors file into ``model`` (strict)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+            raise ValueError(
+                f"{path} is not a plain state dict loadable with weights_only=True ({exc}); save it with "
+                "torch.save(model.state_dict(), path)"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit the model: {exc}") from exc
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+"""Runs a :class:`~halp.recipe.Recipe`: the HALP pipeline end to end, resumable stage by stage.
+
+Stages and what each leaves in ``out``:
+  1. dense model  — ``dense/`` (trained here, loaded from weights, or reused from an earlier run)
+  2. latency table — ``table.json`` (profiled on this machine unless a table is given; resumes)
+  3. pruning with fine-tuning — ``prune_ckpt.pt`` every ``checkpoint_every`` steps (resumes)
+  4. slim model, measurements — ``pruned/``, ``report.json``, ``summary.md``, figures
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from halp.recipe import Recipe, atomic_write_json, load_weights
+
+log = logging.getLogger(__name__)
+
+
+class _PrunerHooks:
+    """Connects a Pruner to :func:`halp.train.train` and checkpoints both together."""
+
+    def __init__(self, pruner: Any, ckpt: Path, model: nn.Module, every: int) -> None:
+        self.pruner, self.ckpt, self.model, self.every = pruner, ckpt, model, every
+        self.optimizer = self.scheduler = None
+
+    def after_backward(self, step: int) -> None:
+        self.pruner.step()
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.pruner.apply_masks()
+        if self.every and (step + 1) % self.every == 0:
+            self.save(step + 1)
+
+    def save(self, step: int) -> None:
+        from halp.train import is_main_process, save_checkpoint
+
+        if is_main_process():
+            save_checkpoint(self.ckpt, self.model, self.optimizer, self.scheduler, step,
+                            extra={"pruner": self.pruner.state_dict()})
+
+
+def _build_model(recipe: Recipe, info: Any) -> nn.Module:
+    from halp import models
+    from halp.serialize import load_pruned
+
+    if Path(recipe.model).is_dir():
+        return load_pruned(recipe.model)
+    kwargs = dict(recipe.model_kwargs)
+    kwargs.setdefault("in_chans", info.input_size[0])
+    return models.create(recipe.model, num_classes=info.num_classes, **kwargs)
+
+
+def _dense_model(recipe: Recipe, out: Path, loaders: tuple, info: Any, progress: bool) -> nn.Module:
+    from halp.serialize import load_pruned, save_pruned
+    from halp.train import is_main_process, train
+
+    dense_dir = out / "dense"
+    if (dense_dir / "halp_model.json").is_file() and recipe.weights is None:
+        log.info("reusing the dense model in %s", dense_dir)
+        return load_pruned(dense_dir)
+    model = _build_model(recipe, info)
+    if recipe.weights is not None:
+        load_weights(model, recipe.weights)
+    elif not Path(recipe.model).is_dir():
+        cfg = recipe.dense_train_config()
+        log.info("training the dense %s for %d epochs", recipe.model, cfg.epochs)
+        torch.manual_seed(cfg.seed)
+        train(model, loaders[0], cfg, test_loader=None, progress=progress)
+    if is_main_process():
+        save_pruned(model, dense_dir, input_shape=(recipe.batch, *info.input_size))
+    return model
+
+
+def _table(recipe: Recipe, model: nn.Module, example: torch.Tensor, out: Path, progress: bool):
+    from halp.latency import LatencyTable, profile
+
+    if recipe.table is not None:
+        table = LatencyTable.load(recipe.table)
+        table.check_compatible(backend=recipe.backend, batch=recipe.batch)
+        return table
+    return profile(model, example, backend=recipe.backend, threads=recipe.threads, path=out / "table.json",
+                   progress=progress, name=recipe.model, **dict(recipe.profile))
+
+
+def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table: Any):
+    from halp.baselines import FlopsTaylorPruner, UniformPruner
+    from halp.pruner import Pruner
+
+    cfg = recipe.prune_config()
+    if recipe.method == "uniform":
+        return UniformPruner(model, example, table, cfg)
+    if recipe.method == "taylor-flops":
+        return FlopsTaylorPruner(model, example, table, cfg, flops_target=recipe.flops_target)
+    return Pruner(model, example, table, cfg)
+
+
+def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
+    """Runs the recipe and returns the report (also written to ``<out>/report.json``)."""
+    from halp import data
+    from halp.latency import measure_many
+    from halp.serialize import attach_spec, save_pruned
+    from halp.train import cleanup_distributed, evaluate, is_main_process, load_checkpoint, setup_distributed, train
+
+    t_start = time.perf_counter()
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dist = setup_distributed(recipe.train_config().device)
+    tcfg = recipe.train_config()
+    loaders = data.make_loaders(recipe.data, tcfg.batch_size, recipe.data_root, seed=tcfg.seed,
+                                distributed=dist.world_size > 1)
+    train_loader, test_loader, info = loaders
+    example = torch.randn(recipe.batch, *info.input_size, generator=torch.Generator().manual_seed(0))
+    if is_main_process():
+        atomic_write_json(out / "recipe.json", recipe.to_dict())
+
+    model = _dense_model(recipe, out, loaders, info, progress)
+    model.eval()
+    dense_acc = evaluate(model, test_loader)["accuracy"]
+    table = _table(recipe, model, example, out, progress)
+
+    pruner = _make_pruner(recipe, model, example, table)
+    spe = len(train_loader)
+    needed = pruner.schedule[-1]
+    if needed > tcfg.epochs * spe:
+        raise ValueError(
+            f"the schedule prunes until iteration {needed} (start {pruner.config.start} + steps "
+            f"{pruner.config.steps} x interval {pruner.config.interval}) but fine-tuning has only "
+            f"{tcfg.epochs * spe} iterations ({tcfg.epochs} epochs x {spe}); add epochs or shorten the schedule"
+        )
+    ckpt = out / "prune_ckpt.pt"
+    from halp.train import cosine_with_warmup, make_optimizer
+
+    optimizer = make_optimizer(model, tcfg)
+    scheduler = cosine_with_warmup(optimizer, max(tcfg.epochs * spe, 1), round(tcfg.warmup_epochs * spe))
+    start_step = 0
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        pruner.load_state_dict(state["extra"]["pruner"])
+        start_step = int(state["step"])
+        log.info("resuming from %s at step %d (pruning step %d)", ckpt, start_step, pruner.pruning_step)
+    hooks = _PrunerHooks(pruner, ckpt, model, tcfg.checkpoint_every)
+    hooks.optimizer, hooks.scheduler = optimizer, scheduler
+    model.train()
+    result = train(model, train_loader, tcfg, hooks=hooks, start_step=start_step, optimizer=optimizer,
+                   scheduler=scheduler, test_loader=None, progress=progress)
+    hooks.save(result["step"])
+
+    model.eval()
+    masked_acc = evaluate(model, test_loader)["accuracy"]
+    slim = pruner.finalize().eval()
+    attach_spec(slim, pruner.widths(), tuple(example.shape))
+    pruned_acc = evaluate(slim, test_loader)["accuracy"]
+    dense = _dense_reference(out)
+    stats = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
+                         repeats=recipe.measure_repeats)
+    report = pruner.report()
+    report.update(
+        method=recipe.method,
+        input_shape=list(example.shape),
+        target=pruner.config.target if pruner.config.target_ms is None else None,
+        dense={"accuracy": dense_acc, "latency_ms": stats[0].median_ms, "latency_iqr_ms": stats[0].iqr_ms,
+               "predicted_ms": pruner.dense_ms},
+        pruned={"accuracy": pruned_acc, "masked_accuracy": masked_acc, "latency_ms": stats[1].median_ms,
+                "latency_iqr_ms": stats[1].iqr_ms, "predicted_ms": report["predicted_ms"]},
+        latency_ratio=stats[1].median_ms / stats[0].median_ms,
+        table_meta=dict(table.meta),
+        train=result["history"],
+        seconds=time.perf_counter() - t_start,
+    )
+    if is_main_process():
+        save_pruned(slim, out / "pruned", meta={"accuracy": pruned_acc, "latency_ms": stats[1].median_ms})
+        atomic_write_json(out / "report.json", report)
+        (out / "summary.md").write_text(summary_markdown(report))
+        if recipe.plots:
+            from halp.plots import plot_report
+
+            plot_report(report, out)
+    cleanup_distributed()
+    return report
+
+
+def _dense_reference(out: Path) -> nn.Module:
+    from halp.serialize import load_pruned
+
+    return load_pruned(out / "dense").eval()
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    d, p = report["dense"], report["pruned"]
+    lines = [
+        f"# halp run: {report['method']}",
+        "",
+        f"input {report['input_shape']}, budget {report['final_target_ms']:.3f} ms predicted",
+        "",
+        "| model | accuracy | measured latency (ms) | predicted (ms) |",
+        "|---|---|---|---|",
+        f"| dense | {100 * d['accuracy']:.2f}% | {d['latency_ms']:.3f} | {d['predicted_ms']:.3f} |",
+        f"| pruned | {100 * p['accuracy']:.2f}% | {p['latency_ms']:.3f} | {p['predicted_ms']:.3f} |",
+        "",
+        f"measured latency ratio pruned/dense: **{report['latency_ratio']:.3f}**",
+        "",
+        "| step | target (ms) | knapsack (ms) | re-predicted (ms) | importance kept | solve (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report["steps"]:
+        lines.append(f"| {s['step']} | {s['target_ms']:.3f} | {s['knapsack_ms']:.3f} | {s['predicted_ms']:.3f} | "
+                     f"{s['importance_kept']:.3f} | {s['solve_seconds']:.3f} |")
+    return "\n".join(lines) + "\n"
