@@ -63,14 +63,71 @@ def _as_sweep(
     return ch, lat, nz
 
 
-def _locate(lat: np.ndarray, a: int, b: int, first: int, last: int, cap: float) -> tuple[int, int, int]:
+def _scatter_from_differences(lat: np.ndarray) -> float:
+    """Point noise sd from first differences, before any cliff is known.
+
+    Starts from each point's smaller difference to a neighbour (a cliff has a plateau on at least
+    one side; the median ignores outliers; 0.548 sd for Gaussian noise), then a clipped standard
+    deviation. Dense staircases still inflate it somewhat; :func:`_calibrated` refines it.
+    """
+    d = np.diff(lat)
+    a = np.abs(d)
+    scale = float(np.median(np.minimum(a[:-1], a[1:]))) / 0.548
+    for _ in range(3):
+        keep = np.abs(d - np.median(d)) <= 3.5 * math.sqrt(2.0) * scale
+        if keep.sum() < 8 or scale == 0:
+            break
+        scale = float(np.std(d[keep])) / math.sqrt(2.0) / 0.9935  # 0.9935: sd lost to the clip
+    return scale
+
+
+def _calibrated(lat: np.ndarray, nz: np.ndarray, splits: list[int] | None = None) -> np.ndarray:
+    """Per-point noise no larger than the sweep's own point-to-point scatter shows.
+
+    Profilers report the spread of repeated timings (an IQR), which overstates how much a *median*
+    moves several times over and would hide real cliffs. The scatter of the medians around their
+    plateaus measures what a cliff must stand out from, so where it is smaller than the given noise
+    it wins (keeping the given noise's shape across points); the given noise stays an upper bound.
+    Without ``splits`` the scatter comes from first differences; with them (cliffs found on that
+    first estimate) from the MAD of each point's distance to its plateau's median, which cliffs no
+    longer inflate. A floor of 2% of the given noise keeps timer quantisation from making
+    every tick a cliff.
+    """
+    typical = float(np.median(nz))
+    if len(lat) < 9:
+        return nz
+    if splits is None:
+        scale = _scatter_from_differences(lat)
+    else:
+        edges = [0] + [s + 1 for s in splits] + [len(lat)]
+        resid = np.concatenate([lat[a:b] - np.median(lat[a:b]) for a, b in zip(edges, edges[1:]) if b - a >= 3])
+        if resid.size < 8:
+            return _calibrated(lat, nz)
+        scale = 1.4826 * float(np.median(np.abs(resid)))
+    if typical <= 0:
+        return np.full_like(nz, scale)
+    return nz * min(1.0, max(scale, 0.02 * typical) / typical)
+
+
+def _noise(ch: np.ndarray, lat: np.ndarray, nz: np.ndarray, k: float, w: int, calibrate: bool) -> np.ndarray:
+    if not calibrate:
+        return nz
+    first = _calibrated(lat, nz)
+    # Screen for cliffs at a lower threshold (extra splits barely move plateau medians), then
+    # measure the noise around those plateaus; keep whichever estimate is smaller.
+    splits = [c[0] for c in _cliffs(ch, lat, first, 0.6 * k, w)]
+    return np.minimum(first, _calibrated(lat, nz, splits))
+
+
+def _locate(lat: np.ndarray, a: int, b: int, first: int, last: int, cap: float) -> tuple[int, int, int] | None:
     """Where a two-level step fits ``lat[a:b+1]`` best, splits searched in ``first..last``.
 
     A split ``s`` puts points ``a..s`` on the lower-channel level. The fit is to each side's median
     with residuals capped at ``cap`` (half the jump), so an outlier costs the same wherever the split
     goes. An outlier right at the cliff hides which side it belongs to: then several splits tie, and
     we return the preferred one (nearest the middle of the detection run, where a clean cliff sits)
-    together with the lowest and highest tied splits, for :func:`detect_step` to resolve.
+    together with the lowest and highest tied splits, for :func:`detect_step` to resolve. None when
+    a straight line fits the points as well as any step.
     """
     centre = 0.5 * (first + last)
 
@@ -81,9 +138,20 @@ def _locate(lat: np.ndarray, a: int, b: int, first: int, last: int, cap: float) 
 
     costs = {s: cost(s) for s in range(first, last + 1)}
     best = min(costs.values())
+    if best >= _line_cost(lat[a : b + 1], cap):
+        return None  # a straight line fits as well: a slope, not a cliff
     # A misplaced ordinary point costs about a full cap; an outlier moving sides only shifts medians.
     tied = [s for s, c in costs.items() if c <= best + 0.25 * cap]
     return min(tied, key=lambda s: (abs(s - centre), s)), min(tied), max(tied)
+
+
+def _line_cost(y: np.ndarray, cap: float) -> float:
+    """Capped residuals of a robust straight line (Theil-Sen) through ``y``, for comparison with a step."""
+    x = np.arange(len(y), dtype=np.float64)
+    i, j = np.triu_indices(len(y), 1)
+    slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+    offset = float(np.median(y - slope * x))
+    return float(np.minimum(np.abs(y - slope * x - offset), cap).sum())
 
 
 def _cliffs(ch: np.ndarray, lat: np.ndarray, nz: np.ndarray, k: float, w: int) -> list[tuple[int, int, int]]:
@@ -117,7 +185,8 @@ def _cliffs(ch: np.ndarray, lat: np.ndarray, nz: np.ndarray, k: float, w: int) -
         a, b = max(first - w, 0), min(last + w + 1, n - 1)  # the run and a window beyond each side
         # one boundary beyond the run too: a run cut short by the sweep's edge ends next to its cliff
         cliff = _locate(lat, a, b, max(first - 1, a), min(last + 1, b - 1), cap)
-        found.setdefault(cliff[0], cliff)
+        if cliff is not None:
+            found.setdefault(cliff[0], cliff)
         t = u + 1
     cliffs = [found[s] for s in sorted(found)]
     while _prune_once(cliffs, level, k, w):
@@ -156,21 +225,29 @@ def _prune_once(cliffs: list[tuple[int, int, int]], level, k: float, w: int) -> 
 
 
 def find_cliffs(
-    channels: np.ndarray, latency: np.ndarray, noise: np.ndarray | float, k: float = 3.0, window: int = 3
+    channels: np.ndarray,
+    latency: np.ndarray,
+    noise: np.ndarray | float,
+    k: float = 3.0,
+    window: int = 3,
+    calibrate: bool = True,
 ) -> np.ndarray:
     """Channel counts where the latency jumps: the first count on the new level, ascending.
 
     A jump is the difference between the medians of ``window`` points on each side, compared with
     ``k`` times the combined noise of the two sides; medians make one outlying point harmless.
+    Arguments as in :func:`detect_step`.
     Neighbouring detections of one cliff are merged and the cliff is placed where a two-level fit of
     the surrounding points is best. Candidates are then checked against whole plateaus: a bump that
-    returns to its level, or a cliff whose plateaus do not differ, is dropped. Cliffs closer than
+    returns to its level, or a cliff whose plateaus do not differ, is dropped; so is a jump that a
+    straight line through the surrounding points fits as well (a slope). Cliffs closer than
     ``window + 1`` sweep points can merge, and a cliff within ``window`` points of either end of the
     sweep cannot be told from an outlier.
     """
     if window < 2:
         raise ValueError(f"window must be >= 2 points to be robust to outliers, got {window}")
     ch, lat, nz = _as_sweep(channels, latency, noise)
+    nz = _noise(ch, lat, nz, k, window, calibrate)
     return np.array([int(round(ch[s + 1])) for s, _, _ in _cliffs(ch, lat, nz, k, window)], dtype=np.int64)
 
 
@@ -180,16 +257,23 @@ def _twos(n: int) -> int:
 
 
 def detect_step(
-    channels: np.ndarray, latency: np.ndarray, noise: np.ndarray | float, k: float = 3.0, window: int = 3
+    channels: np.ndarray,
+    latency: np.ndarray,
+    noise: np.ndarray | float,
+    k: float = 3.0,
+    window: int = 3,
+    calibrate: bool = True,
 ) -> int:
     """The typical distance, in channels, between consecutive cliffs of a latency sweep.
 
     Args:
         channels: output-channel counts of the sweep (any order, e.g. every count from N-64 to N).
         latency: median latency at each count.
-        noise: the uncertainty of each median (same units), or one number for all.
+        noise: the noise of each point (same units; e.g. the IQR of its repeats), or one number.
         k: how many combined noise units a jump must exceed to count as a cliff.
         window: points per side whose median is compared (>= 2).
+        calibrate: scale ``noise`` down to the sweep's own point-to-point scatter where that is
+            smaller (see :func:`_calibrated`); off, ``noise`` is the uncertainty of each median.
 
     Returns:
         The spacing most consecutive cliffs agree on (each spacing counted as a range when an outlier
@@ -207,6 +291,7 @@ def detect_step(
     if window < 2:
         raise ValueError(f"window must be >= 2 points to be robust to outliers, got {window}")
     ch, lat, nz = _as_sweep(channels, latency, noise)
+    nz = _noise(ch, lat, nz, k, window, calibrate)
     cliffs = _cliffs(ch, lat, nz, k, window)
     pos = lambda s: int(round(ch[s + 1]))  # noqa: E731 - first channel count on the new level
     if not cliffs:

@@ -12,7 +12,7 @@ Exactness and safety, in one place:
 * Costs may be zero or negative (latency staircases). Each group is shifted by its cheapest allowed
   prefix cost, so the axis starts at zero and nothing is approximated by the shift.
 * Every prefix cost is rounded *up* to the grid and the capacity *down*, so the returned solution's true
-  cost never exceeds ``capacity`` (up to float round-off, relative 1e-9). The price is at most one cell
+  cost never exceeds ``capacity`` (up to float round-off: 1e-9 cell per group). The price is at most one cell
   per group: the result's value is at least the true optimum at ``capacity - slack`` with
   ``slack = groups_with_a_choice * resolution`` (and equals the optimum when all costs lie on the grid).
 * Prefixes that can never be chosen (another prefix is no more expensive and worth more, or worth the
@@ -42,6 +42,7 @@ MAX_TABLE_ELEMENTS = 1 << 27
 """Cap on the back-tracking table (groups x cells); an explicit resolution past it is refused."""
 _CHUNK_ELEMENTS = 1 << 22  # rows x cells evaluated per numpy call (~32 MiB of float64)
 _REL_TOL = 1e-9
+_CELL_TOL = 1e-9  # float round-off forgiven when costs are put on the grid, in cells
 
 ArrayLike = Sequence[float] | np.ndarray
 KeepArg = int | Sequence[int] | np.ndarray | None
@@ -216,15 +217,19 @@ def solve_detailed(
     # Per group: allowed prefix lengths and their extra cost above the group's cheapest choice.
     ms = [np.arange(l, h + 1) for l, h in zip(p.lo, p.hi)]
     extra = [np.maximum(c[m] - b, 0.0) for c, m, b in zip(p.prefix_cost, ms, base)]
-    active = sum(1 for e in extra if e.size > 1 and e.max() > p.tol)
+    active = sum(1 for e in extra if e.max() > 0)  # groups whose choice can lose to rounding
     if resolution is None:
         res = default_resolution(p.capacity, free, active)
     else:
         res = float(resolution)
         if not (math.isfinite(res) and res > 0):
             raise ValueError(f"resolution must be a positive number, got {resolution!r}")
-    cells_of = [np.ceil(np.maximum(e - p.tol, 0.0) / res).astype(np.int64) for e in extra]
-    W = int(min(math.floor((free + p.tol) / res), sum(int(k.max()) for k in cells_of)))
+    # Round costs up and the budget down, forgiving float round-off of 1e-9 cell; anything beyond
+    # the budget is clipped to one cell past it (infeasible either way) before the integer cast.
+    budget = min(math.floor(free / res * (1 + 1e-12) + _CELL_TOL), float(1 << 62))
+    cells_of = [np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra]
+    W = int(min(budget, sum(int(k.max()) for k in cells_of)))
+    active = sum(1 for k in cells_of if k.max() > 0)
     if G * (W + 1) > MAX_TABLE_ELEMENTS:
         raise ValueError(
             f"resolution {res:.3g} gives {W + 1} cells x {G} groups, too large a table; use a coarser "
@@ -262,7 +267,7 @@ def solve_detailed(
         capacity=p.capacity,
         resolution=res,
         solve_seconds=time.perf_counter() - t0,
-        slack=active * res,
+        slack=min(active * res, free),  # beyond the free budget the bound says nothing
         cells=W + 1,
         group_cost=gc,
         group_value=gv,
