@@ -227,7 +227,8 @@ def solve_detailed(
     # Round costs up and the budget down, forgiving float round-off of 1e-9 cell; anything beyond
     # the budget is clipped to one cell past it (infeasible either way) before the integer cast.
     budget = min(math.floor(free / res * (1 + 1e-12) + _CELL_TOL), float(1 << 62))
-    cells_of = [np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra]
+    with np.errstate(over="ignore"):  # a tiny resolution: such costs are clipped just below
+        cells_of = [np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra]
     W = int(min(budget, sum(int(k.max()) for k in cells_of)))
     active = sum(1 for k in cells_of if k.max() > 0)
     if G * (W + 1) > MAX_TABLE_ELEMENTS:
@@ -236,26 +237,36 @@ def solve_detailed(
             f"resolution (at least {free * G / MAX_TABLE_ELEMENTS:.3g})"
         )
 
-    f = np.zeros(W + 1)  # f[w]: best value of the groups so far within w free cells (non-decreasing)
-    tables: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (ms, cells, argmax per w)
+    frontiers = []
     for g in range(G):
         fits = cells_of[g] <= W  # never empty: the cheapest choice needs 0 cells
         m_fit, k_fit = ms[g][fits], cells_of[g][fits]
         v_fit = p.prefix_value[g][m_fit]
         idx = _frontier(k_fit, v_fit, m_fit)
-        fm, fk, fv = m_fit[idx], k_fit[idx], v_fit[idx]
-        if len(idx) == 1:  # fixed choice (k == 0 by construction): shift values only
+        frontiers.append((m_fit[idx], k_fit[idx], v_fit[idx]))
+    # Cells each layer needs: up to what its groups can use at most (f is flat beyond), and down to
+    # what the later groups could still take from W (nothing below is ever read).
+    most = np.array([int(fk.max()) for _, fk, _ in frontiers], dtype=np.int64)
+    W = min(W, int(most.sum()))  # beyond what all groups together can use, f is flat
+    hi = np.minimum(np.cumsum(most), W)
+    lo = np.maximum(W - (most.sum() - np.cumsum(most)), 0)
+
+    f = np.zeros(W + 1)  # f[w]: best value of the groups so far within w free cells (non-decreasing)
+    tables: list[np.ndarray | None] = []  # per group: argmax choice for cells lo[g]..hi[g]
+    for g, (fm, fk, fv) in enumerate(frontiers):
+        if len(fm) == 1:  # one choice, needing 0 cells: shift the values only
             f = f + fv[0]
-            tables.append((fm, fk, None))
+            tables.append(None)
             continue
-        f, arg = _merge(f, fk, fv)
-        tables.append((fm, fk, arg))
+        f, arg = _merge(f, fk, fv, int(lo[g]), int(hi[g]))
+        tables.append(arg)
 
     keep = np.zeros(G, dtype=np.int64)
     w = W
     for g in range(G - 1, -1, -1):
-        fm, fk, arg = tables[g]
-        i = 0 if arg is None else int(arg[w])
+        fm, fk, _ = frontiers[g]
+        arg = tables[g]
+        i = 0 if arg is None else int(arg[min(w, int(hi[g])) - int(lo[g])])  # flat above hi: same choice
         keep[g] = fm[i]
         w -= int(fk[i])
     gc = np.array([c[k] for c, k in zip(p.prefix_cost, keep)])
@@ -274,25 +285,34 @@ def solve_detailed(
     )
 
 
-def _merge(f: np.ndarray, cells: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One DP layer: ``new[w] = max_i f[w - cells[i]] + vals[i]``, first maximal ``i`` on ties."""
-    n_cells = f.shape[0]
+def _merge(f: np.ndarray, cells: np.ndarray, vals: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """One DP layer on cells ``lo..hi``: ``new[w] = max_i f[w - cells[i]] + vals[i]``, first ``i`` on ties.
+
+    Returns the new layer (flat above ``hi``, unused below ``lo``) and the argmax for ``lo..hi``.
+    """
+    n = hi - lo + 1
     dtype = np.int16 if len(cells) < np.iinfo(np.int16).max else np.int32
-    new = np.full(n_cells, -np.inf)
-    arg = np.zeros(n_cells, dtype=dtype)
-    rows = max(1, min(len(cells), _CHUNK_ELEMENTS // n_cells))
-    cols = np.arange(n_cells)
+    best = np.full(n, -np.inf)
+    arg = np.zeros(n, dtype=dtype)
+    rows = max(1, min(len(cells), _CHUNK_ELEMENTS // n))
+    cols = np.arange(n)
     for start in range(0, len(cells), rows):
         ks, vs = cells[start : start + rows], vals[start : start + rows]
-        cand = np.empty((len(ks), n_cells))  # cand[i, w] = f[w - k_i] + v_i, -inf where w < k_i
+        cand = np.empty((len(ks), n))  # cand[i, w - lo] = f[w - k_i] + v_i, -inf where w < k_i
         for i, (k, v) in enumerate(zip(ks, vs)):
-            cand[i, :k] = -np.inf
-            np.add(f[: n_cells - k], v, out=cand[i, k:])
+            first = max(lo - k, 0)  # f index of cell lo (or of cell k, when k > lo)
+            skip = first + k - lo  # cells below k
+            cand[i, :skip] = -np.inf
+            np.add(f[first : first + n - skip], v, out=cand[i, skip:])
         a = cand.argmax(axis=0)  # first maximum: fewest items among this chunk's ties
-        best = cand[a, cols]
-        upd = best > new  # strict: earlier chunks (fewer items) win ties
-        new[upd] = best[upd]
+        top = cand[a, cols]
+        upd = top > best  # strict: earlier chunks (fewer items) win ties
+        best[upd] = top[upd]
         arg[upd] = a[upd] + start
+    new = np.empty_like(f)
+    new[lo : hi + 1] = best
+    new[hi + 1 :] = best[-1]
+    new[:lo] = -np.inf
     return new, arg
 
 
