@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
     p.add_argument("--fine-span", type=int, default=64, help="fine cout sweep over the last N channels")
-    p.add_argument("--calibration-samples", type=int, default=12, help="random slim variants timed end to end")
+    p.add_argument("--calibration-samples", type=int, default=16, help="random slim variants timed end to end")
     p.set_defaults(func=run)
 
 

@@ -55,8 +55,17 @@ def _design(form: str, lay: np.ndarray, ops: np.ndarray) -> np.ndarray:
 
 
 def _solve(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Huber-weighted NNLS on relative residuals: one end-to-end run disturbed by another process on a
+    shared machine must not tilt the whole calibration."""
+    a = _design(form, lay, ops)
     w = 1.0 / np.maximum(y, 1e-12)  # relative errors: small and large models count alike
-    x = nnls(_design(form, lay, ops) * w[:, None], y * w)
+    robust = np.ones_like(y)
+    for _ in range(6 if y.size > a.shape[1] + 2 else 1):
+        x = nnls(a * (w * robust)[:, None], y * w * robust)
+        rel = (a @ x - y) * w
+        scale = 1.4826 * float(np.median(np.abs(rel - np.median(rel))))
+        delta = max(1.5 * scale, 0.005)  # residuals under 0.5% are never down-weighted
+        robust = np.sqrt(np.minimum(1.0, delta / np.maximum(np.abs(rel), 1e-12)))
     if form == "scale":
         return float(x[0]), float(x[0]), 0.0
     if form == "affine":
@@ -77,7 +86,7 @@ def _loo(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> float:
 def fit_calibration(
     layers_ms: Sequence[float], ops_ms: Sequence[float], measured_ms: Sequence[float]
 ) -> tuple[float, float, float, str, dict[str, float]]:
-    """Fit ``measured ≈ a·layers + b·ops + c`` with ``a, b, c >= 0`` (relative error weighting).
+    """Fit ``measured ≈ a·layers + b·ops + c`` with ``a, b, c >= 0`` (relative errors, Huber-robust).
 
     The layer and op sums grow together as widths change, so a free three-term fit on a dozen noisy
     measurements can trade one for the other (e.g. ``a = 0``) and extrapolate badly. Three forms are

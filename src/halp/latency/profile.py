@@ -57,11 +57,11 @@ class ProfileSettings:
     grid_points: int = 12
     fine_span: int = 64
     op_points: int = 3
-    calibration_samples: int = 12
+    calibration_samples: int = 16
     calibration_low: float = 0.25
     calibration_rounds: int = 5
     e2e_warmup: int = 10
-    e2e_repeats: int = 20
+    e2e_repeats: int = 30
     seed: int = 0
 
     def __post_init__(self) -> None:
