@@ -1,0 +1,185 @@
+"""The pruner in a training loop, on a deterministic latency table (the fake backend's exact latencies)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import halp
+from fakes import FakeBackend, TinyNet
+from halp.baselines import FlopsTaylorPruner, UniformPruner
+from halp.flops import count_macs
+
+X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def table():
+    torch.manual_seed(0)
+    return halp.profile(TinyNet(width=32), X, backend=FakeBackend(), progress=False, grid_points=5, fine_span=16)
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return TinyNet(width=32)
+
+
+def batches(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(n)]
+
+
+def run_loop(model, pruner, data, opt=None):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    model.train()
+    for x, y in data:
+        F.cross_entropy(model(x), y).backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+        pruner.apply_masks()
+    return opt
+
+
+def test_budget_met_and_slim_equals_masked(table):
+    model = make_model()
+    cfg = halp.PruneConfig(target=0.5, steps=3, interval=2, protect_stem=False)
+    pruner = halp.Pruner(model, X, table, cfg)
+    run_loop(model, pruner, batches(8))
+    assert pruner.done and len(pruner.history) == 3
+    report = pruner.report()
+    # every step lands under its target, the last within the refinement band
+    for step, target in zip(report["steps"], pruner.targets):
+        assert step["predicted_ms"] <= target * (1 + 1e-9)
+    assert report["predicted_ms"] >= (1 - cfg.refine_tolerance - 0.05) * pruner.final_ms
+    slim = pruner.finalize().eval()
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.allclose(model(x), slim(x), atol=1e-5)
+    # the slim model's latency, re-predicted from its own trace, equals the pruner's prediction
+    assert halp.predict_latency(slim, X, table) == pytest.approx(report["predicted_ms"], rel=1e-9)
+    assert halp.predict_latency(slim, X, table) <= pruner.final_ms
+
+
+def test_masks_stay_zero_through_momentum_and_weight_decay(table):
+    model = make_model()
+    pruner = halp.Pruner(model, X, table, halp.PruneConfig(target=0.4, steps=2, interval=2, protect_stem=False))
+    opt = run_loop(model, pruner, batches(4))  # both pruning steps done
+    run_loop(model, pruner, batches(6, seed=5), opt)  # momentum keeps pushing pruned weights
+    graph = pruner.graph
+    modules = dict(model.named_modules())
+    pruned_any = False
+    for name, keep in pruner.keep.items():
+        group = graph.group(name)
+        dropped = torch.ones(group.channels, dtype=torch.bool)
+        dropped[keep] = False
+        if not dropped.any():
+            continue
+        pruned_any = True
+        for m in group.members:
+            mod = modules[m.module]
+            idx = torch.nonzero(dropped).flatten() + m.offset
+            if m.role in ("out", "depthwise", "norm"):
+                assert mod.weight.detach()[idx].abs().max() == 0
+            if m.role == "norm":
+                assert mod.bias.detach()[idx].abs().max() == 0
+            if m.role == "in":
+                assert mod.weight.detach()[:, idx].abs().max() == 0
+    assert pruned_any
+
+
+def test_resume_from_state_dict_gives_identical_masks(table):
+    cfg = halp.PruneConfig(target=0.5, steps=3, interval=2, protect_stem=False)
+    data = batches(8)
+    ref_model = make_model()
+    ref = halp.Pruner(ref_model, X, table, cfg)
+    run_loop(ref_model, ref, data)
+
+    model = make_model()
+    first = halp.Pruner(model, X, table, cfg)
+    opt = run_loop(model, first, data[:3])  # stop mid-schedule, mid-accumulation
+    state = copy.deepcopy(first.state_dict())
+    model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+    model2 = make_model(seed=123)
+    model2.load_state_dict(model_state)
+    second = halp.Pruner(model2, X, table, cfg)
+    second.load_state_dict(state)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt2.load_state_dict(opt_state)
+    run_loop(model2, second, data[3:], opt2)
+    assert second.keep.keys() == ref.keep.keys()
+    for name in ref.keep:
+        assert torch.equal(second.keep[name], ref.keep[name]), name
+
+
+def test_state_from_another_config_is_refused(table):
+    p = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.5, steps=3, interval=2))
+    other = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.6, steps=3, interval=2))
+    with pytest.raises(ValueError, match="different PruneConfig"):
+        other.load_state_dict(p.state_dict())
+
+
+def test_unreachable_budget_raises_before_training(table):
+    with pytest.raises(ValueError, match="unreachable"):
+        halp.Pruner(make_model(), X, table, halp.PruneConfig(target_ms=1e-4, steps=2, interval=1))
+    with pytest.raises(ValueError, match="unreachable"):
+        halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.05, min_fraction=0.9, steps=2, interval=1))
+
+
+def test_wrong_batch_table_is_refused(table):
+    with pytest.raises(ValueError, match="batch"):
+        halp.Pruner(make_model(), torch.randn(2, 3, 16, 16), table, halp.PruneConfig())
+
+
+def test_nonfinite_minibatch_is_skipped_and_counted(table):
+    model = make_model()
+    pruner = halp.Pruner(model, X, table, halp.PruneConfig(target=0.5, steps=1, interval=3, protect_stem=False))
+    x, y = batches(1)[0]
+    F.cross_entropy(model(x), y).backward()
+    pruner.step()
+    before = {n: t.clone() for n, t in pruner.importance.total.items()}
+    next(model.parameters()).grad[0].fill_(float("nan"))
+    model.bn1.weight.grad[0] = float("inf")
+    pruner.step()
+    assert pruner.importance.skipped == 1 and pruner.importance.batches == 1
+    for n, t in pruner.importance.total.items():
+        assert torch.equal(t, before[n])
+    assert pruner.report()["skipped_batches"] == 1
+
+
+def test_protected_groups_keep_every_channel(table):
+    model = make_model()
+    pruner = halp.Pruner(model, X, table, halp.PruneConfig(target=0.9, steps=2, interval=1, protect=("pw",)))
+    run_loop(model, pruner, batches(2))
+    names = {g.name for g in pruner.groups}
+    assert names == {"conv1"}  # pw by pattern, the stem (and its residual stream) by default
+    assert pruner.widths()["conv1"] < 24
+    assert pruner.predict(pruner.widths()) <= pruner.final_ms
+
+
+def test_knapsack_beats_uniform_on_importance_at_equal_budget(table):
+    """Same scores, same budget: HALP's allocation keeps at least the importance uniform scaling keeps."""
+    cfg = halp.PruneConfig(target=0.5, steps=1, interval=2, protect_stem=False)
+    data = batches(2)
+    m1, m2 = make_model(), make_model()
+    halp_p, uni_p = halp.Pruner(m1, X, table, cfg), UniformPruner(m2, X, table, cfg)
+    run_loop(m1, halp_p, data)
+    run_loop(m2, uni_p, data)
+    assert uni_p.history[0]["predicted_ms"] <= uni_p.final_ms
+    assert halp_p.history[0]["importance_kept"] >= uni_p.history[0]["importance_kept"] - 1e-12
+    # uniform: every group keeps (about) the same fraction of its channels
+    fractions = [w / uni_p.graph.group(n).channels for n, w in uni_p.widths().items()]
+    assert max(fractions) - min(fractions) <= 0.1
+
+
+def test_flops_baseline_meets_its_macs_target(table):
+    model = make_model()
+    p = FlopsTaylorPruner(model, X, table, halp.PruneConfig(steps=2, interval=1, protect_stem=False), flops_target=0.5)
+    run_loop(model, p, batches(2))
+    assert count_macs(p.graph, p.widths()) <= 0.5 * p.dense_macs
+    # removing one channel less would be over the target somewhere: it stops as soon as it is met
+    assert count_macs(p.graph, p.widths()) >= 0.4 * p.dense_macs
