@@ -40,7 +40,6 @@ MAX_DEFAULT_CELLS = 1 << 18
 """Cap on the default grid: beyond it the loss bound is relaxed (logged) to keep a solve under ~0.2 s."""
 MAX_TABLE_ELEMENTS = 1 << 27
 """Cap on the back-tracking table (groups x cells); an explicit resolution past it is refused."""
-_CHUNK_ELEMENTS = 1 << 22  # rows x cells evaluated per numpy call (~32 MiB of float64)
 _REL_TOL = 1e-9
 _CELL_TOL = 1e-9  # float round-off forgiven when costs are put on the grid, in cells
 
@@ -289,26 +288,23 @@ def _merge(f: np.ndarray, cells: np.ndarray, vals: np.ndarray, lo: int, hi: int)
     """One DP layer on cells ``lo..hi``: ``new[w] = max_i f[w - cells[i]] + vals[i]``, first ``i`` on ties.
 
     Returns the new layer (flat above ``hi``, unused below ``lo``) and the argmax for ``lo..hi``.
+    Choices are folded in one at a time with contiguous numpy passes (a strict ``>`` keeps the
+    earlier, fewer-item choice on ties).
     """
     n = hi - lo + 1
     dtype = np.int16 if len(cells) < np.iinfo(np.int16).max else np.int32
     best = np.full(n, -np.inf)
     arg = np.zeros(n, dtype=dtype)
-    rows = max(1, min(len(cells), _CHUNK_ELEMENTS // n))
-    cols = np.arange(n)
-    for start in range(0, len(cells), rows):
-        ks, vs = cells[start : start + rows], vals[start : start + rows]
-        cand = np.empty((len(ks), n))  # cand[i, w - lo] = f[w - k_i] + v_i, -inf where w < k_i
-        for i, (k, v) in enumerate(zip(ks, vs)):
-            first = max(lo - k, 0)  # f index of cell lo (or of cell k, when k > lo)
-            skip = first + k - lo  # cells below k
-            cand[i, :skip] = -np.inf
-            np.add(f[first : first + n - skip], v, out=cand[i, skip:])
-        a = cand.argmax(axis=0)  # first maximum: fewest items among this chunk's ties
-        top = cand[a, cols]
-        upd = top > best  # strict: earlier chunks (fewer items) win ties
-        best[upd] = top[upd]
-        arg[upd] = a[upd] + start
+    seg = np.empty(n)
+    better = np.empty(n, dtype=bool)
+    for i, (k, v) in enumerate(zip(cells.tolist(), vals.tolist())):
+        first = max(lo - k, 0)  # f index read for cell max(lo, k)
+        skip = first + k - lo  # cells below k cannot take this choice
+        m = n - skip
+        np.add(f[first : first + m], v, out=seg[:m])
+        np.greater(seg[:m], best[skip:], out=better[:m])
+        np.copyto(best[skip:], seg[:m], where=better[:m])
+        np.copyto(arg[skip:], i, where=better[:m])
     new = np.empty_like(f)
     new[lo : hi + 1] = best
     new[hi + 1 :] = best[-1]
