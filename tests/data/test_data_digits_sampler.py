@@ -58,6 +58,10 @@ def test_digits_rejects_bad_arguments():
         data.create("digits", root="/somewhere")
     with pytest.raises(ValueError, match="unknown data set"):
         data.create("mnist")
+    with pytest.raises(ValueError, match=r"does not take \['sise'\].*'size'"):
+        data.create("digits", sise=16)
+    with pytest.raises(ValueError, match="does not take"):
+        data.create("shapes10", colour=True)
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch():

@@ -124,6 +124,16 @@ def make_loaders(
     return train_loader, test_loader, info
 
 
+def _check_keywords(klass: type, kw: dict[str, Any]) -> None:
+    """Misspelt options are a ValueError naming the accepted ones, not a TypeError from deep inside."""
+    import inspect
+
+    accepted = [p.name for p in inspect.signature(klass).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise ValueError(f"{klass.__name__} does not take {unknown}; its options are {accepted}")
+
+
 def _lazy(module: str, cls: str, *, root_kw: bool) -> Callable[..., Dataset]:
     """A builder that imports its module on first use, so ``import halp.data`` stays cheap."""
 
@@ -131,6 +141,7 @@ def _lazy(module: str, cls: str, *, root_kw: bool) -> Callable[..., Dataset]:
         import importlib
 
         klass = getattr(importlib.import_module(f"halp.data.{module}"), cls)
+        _check_keywords(klass, kw)
         return klass(split, root=root, **kw) if root_kw else klass(root, split, **kw)
 
     return build
@@ -142,6 +153,7 @@ def _register_builtins() -> None:
 
         if root is not None:
             raise ValueError("digits is bundled with scikit-learn and takes no root folder; drop root/--data-root")
+        _check_keywords(Digits, kw)
         return Digits(split, **kw)
 
     register("digits")(digits)
