@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist

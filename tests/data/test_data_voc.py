@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from halp_data_fixtures import VOC_OBJECTS, VOC_SIZE, write_voc
+from halp_data_fixtures import VOC_SIZE, write_voc
 
 import halp.data as data
 from halp.data.voc import VOC_CLASSES, parse_annotation
