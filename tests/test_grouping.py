@@ -76,6 +76,34 @@ def test_spec_cpu_example_step_16():
     assert detect_step(ch, lat, 0.01) == 16
 
 
+def test_interrupted_points_do_not_hide_cliffs():
+    # On a busy machine some points' IQRs are dominated by interruptions (here 20x the rest), which
+    # their medians ignore: the detector must not let those IQRs mask the cliffs next to them.
+    rng = np.random.default_rng(5)
+    ch, lat, sigma = staircase(rng, 16, 256, 64, 0, snr=0.1, outliers=0)
+    iqr = np.full(len(ch), 8 * sigma)
+    iqr[rng.random(len(ch)) < 0.3] *= 20
+    assert find_cliffs(ch, lat, iqr).tolist() == [209, 225, 241]
+    assert detect_step(ch, lat, iqr) == 16
+
+
+# 3x3 conv 256 -> 192..256 at 14x14, batch 1, one thread, medians of 41 interleaved repeats on this
+# project's CPU (benchmarks/grouping_step.py); the median IQR of the repeats was 0.19 ms.
+RECORDED_MS = [
+    1.347, 1.403, 1.398, 1.406, 1.395, 1.386, 1.406, 1.393, 1.385, 1.407, 1.407, 1.4, 1.397, 1.395, 1.39,
+    1.404, 1.436, 1.521, 1.519, 1.525, 1.508, 1.5, 1.499, 1.504, 1.505, 1.516, 1.547, 1.506, 1.498, 1.507,
+    1.508, 1.503, 1.509, 1.672, 1.62, 1.64, 1.604, 1.638, 1.614, 1.637, 1.629, 1.591, 1.609, 1.609, 1.629,
+    1.627, 1.644, 1.635, 1.6, 1.791, 1.741, 1.736, 1.694, 1.681, 1.714, 1.713, 1.705, 1.697, 1.72, 1.709,
+    1.717, 1.716, 1.709, 1.719, 1.694,
+]
+
+
+def test_recorded_cpu_sweep():
+    ch = np.arange(192, 257)
+    assert find_cliffs(ch, np.array(RECORDED_MS), 0.19).tolist() == [209, 225, 241]
+    assert detect_step(ch, np.array(RECORDED_MS), 0.19) == 16
+
+
 def test_unordered_and_every_second_channel():
     rng = np.random.default_rng(1)
     ch = np.arange(128, 257, 2)

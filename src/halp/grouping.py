@@ -82,16 +82,16 @@ def _scatter_from_differences(lat: np.ndarray) -> float:
 
 
 def _calibrated(lat: np.ndarray, nz: np.ndarray, splits: list[int] | None = None) -> np.ndarray:
-    """Per-point noise no larger than the sweep's own point-to-point scatter shows.
+    """One noise level for every point: the sweep's own scatter, at most the typical given noise.
 
     Profilers report the spread of repeated timings (an IQR), which overstates how much a *median*
-    moves several times over and would hide real cliffs. The scatter of the medians around their
-    plateaus measures what a cliff must stand out from, so where it is smaller than the given noise
-    it wins (keeping the given noise's shape across points); the given noise stays an upper bound.
-    Without ``splits`` the scatter comes from first differences; with them (cliffs found on that
-    first estimate) from the MAD of each point's distance to its plateau's median, which cliffs no
-    longer inflate. A floor of 2% of the given noise keeps timer quantisation from making
-    every tick a cliff.
+    moves several times over and would hide real cliffs; and on a busy machine a point's IQR mostly
+    counts interruptions, which its median ignores, so the given noise's shape across points is not
+    trusted either. The scatter of the medians around their plateaus is what a cliff must stand out
+    from. Without ``splits`` it comes from first differences; with them (cliffs found on that first
+    estimate) from the MAD of each point's distance to its plateau's median, which cliffs no longer
+    inflate. The typical (median) given noise is an upper bound, and 2% of it a floor that keeps
+    timer quantisation from making every tick a cliff.
     """
     typical = float(np.median(nz))
     if len(lat) < 9:
@@ -104,9 +104,9 @@ def _calibrated(lat: np.ndarray, nz: np.ndarray, splits: list[int] | None = None
         if resid.size < 8:
             return _calibrated(lat, nz)
         scale = 1.4826 * float(np.median(np.abs(resid)))
-    if typical <= 0:
-        return np.full_like(nz, scale)
-    return nz * min(1.0, max(scale, 0.02 * typical) / typical)
+    if typical > 0:
+        scale = min(typical, max(scale, 0.02 * typical))
+    return np.full_like(nz, scale)
 
 
 def _noise(ch: np.ndarray, lat: np.ndarray, nz: np.ndarray, k: float, w: int, calibrate: bool) -> np.ndarray:
@@ -272,8 +272,8 @@ def detect_step(
         noise: the noise of each point (same units; e.g. the IQR of its repeats), or one number.
         k: how many combined noise units a jump must exceed to count as a cliff.
         window: points per side whose median is compared (>= 2).
-        calibrate: scale ``noise`` down to the sweep's own point-to-point scatter where that is
-            smaller (see :func:`_calibrated`); off, ``noise`` is the uncertainty of each median.
+        calibrate: use the sweep's own point-to-point scatter where it is below the typical
+            ``noise`` (see :func:`_calibrated`); off, ``noise`` is the uncertainty of each median.
 
     Returns:
         The spacing most consecutive cliffs agree on (each spacing counted as a range when an outlier
