@@ -209,3 +209,13 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         t.save(p)
     assert p.read_text() == before  # the old file is intact
     assert [f.name for f in tmp_path.iterdir()] == ["t.json"]  # no temp file left behind
+
+
+def test_scalar_and_vector_lookups_agree_exactly():
+    t = make_table(fine=True)
+    rng = np.random.default_rng(3)
+    for lay in (layer(CONV, 32, 64), layer(CONV, 16, 16), Layer("dw", DW, (("g", 32),), (("g", 32),))):
+        ci, co = rng.integers(0, 41, 300), rng.integers(0, 70, 300)  # includes 0 widths and beyond the grid
+        vec = t.layer_latency(lay, ci, co)
+        one = np.array([t.layer_latency(lay, int(a), int(b)) for a, b in zip(ci, co)])
+        np.testing.assert_array_equal(vec, one)

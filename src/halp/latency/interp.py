@@ -9,6 +9,9 @@ point (a width no pruning can change) scales proportionally.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from typing import Sequence
+
 import numpy as np
 
 
@@ -53,3 +56,30 @@ def outside(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Mask of the ``x`` that lie outside ``[grid[0], grid[-1]]``."""
     xs = np.asarray(x)
     return (xs < grid[0]) | (xs > grid[-1])
+
+
+# -- scalar versions: the same arithmetic in the same order (bit-identical results), without numpy's
+# per-call overhead, for the pruner's inner loop where one network prediction is ~50 lookups.
+def axis_weights1(grid: Sequence[float], x: float) -> tuple[int, int, float, float]:
+    """Scalar :func:`axis_weights` on a grid given as a list."""
+    n = len(grid)
+    if n == 1:
+        return 0, 0, 0.0, x / grid[0]
+    j = min(max(bisect_right(grid, x), 1), n - 1)
+    i = j - 1
+    return i, j, (x - grid[i]) / (grid[j] - grid[i]), 1.0
+
+
+def interp1_scalar(grid: Sequence[float], values: Sequence[float], x: float) -> float:
+    i0, i1, w, s = axis_weights1(grid, x)
+    return s * ((1.0 - w) * values[i0] + w * values[i1])
+
+
+def interp2_scalar(
+    gin: Sequence[float], gout: Sequence[float], values: Sequence[Sequence[float]], cin: float, cout: float
+) -> float:
+    i0, i1, wi, si = axis_weights1(gin, cin)
+    j0, j1, wo, so = axis_weights1(gout, cout)
+    v0, v1 = values[i0], values[i1]
+    out = (1.0 - wi) * ((1.0 - wo) * v0[j0] + wo * v0[j1]) + wi * ((1.0 - wo) * v1[j0] + wo * v1[j1])
+    return si * so * out

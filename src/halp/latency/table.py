@@ -26,7 +26,7 @@ import numpy as np
 
 from halp.graph.types import ChannelGraph, Layer, LayerShape
 from halp.latency import serial
-from halp.latency.interp import interp1, interp2, outside
+from halp.latency.interp import interp1, interp1_scalar, interp2, interp2_scalar, outside
 from halp.latency.ops import canonical_kind
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class LayerEntry:
     fine_median_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fine_noise_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     layers: list[str] = field(default_factory=list)
+    _lists: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -75,6 +76,35 @@ class LayerEntry:
         if not self.depthwise:
             ok &= (cin >= self.cin[0]) & (cin <= self.cin[-1])
         return ok
+
+    def _as_lists(self) -> tuple[list[float], list[float], Any, int, int, list[float]]:
+        if self._lists is None:
+            fine = self.fine_cout
+            self._lists = (
+                [float(v) for v in self.cin], [float(v) for v in self.cout], np.asarray(self.median_ms).tolist(),
+                int(fine[0]) if fine.size else 1, int(fine[-1]) if fine.size else 0,
+                [float(v) for v in self.fine_median_ms],
+            )
+        return self._lists
+
+    def covers_one(self, cin: int, cout: int) -> bool:
+        gin, gout, *_ = self._as_lists()
+        return gout[0] <= cout <= gout[-1] and (self.depthwise or gin[0] <= cin <= gin[-1])
+
+    def lookup_one(self, cin: int, cout: int) -> float:
+        """Scalar :meth:`lookup` (same arithmetic, same result, ~20x faster for one point)."""
+        gin, gout, med, f0, f1, fine = self._as_lists()
+        in_fine = f0 <= cout <= f1
+        if self.depthwise:
+            return fine[cout - f0] if in_fine else interp1_scalar(gout, med, float(cout))
+        out = interp2_scalar(gin, gout, med, float(cin), float(cout))
+        if in_fine:
+            if cin == self.cin_full:
+                return fine[cout - f0]
+            row = interp2_scalar(gin, gout, med, float(self.cin_full), float(cout))
+            if row > 0:
+                out = out * (fine[cout - f0] / row)
+        return out
 
     def lookup(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
         """Interpolated latency; inside the fine sweep's range the staircase is restored."""
@@ -115,6 +145,8 @@ class OpModel:
     samples: list[list[float]] = field(default_factory=list)
 
     def __call__(self, volume: float | np.ndarray) -> float | np.ndarray:
+        if isinstance(volume, (int, float)):
+            return self.overhead_ms + self.ms_per_melem * float(volume) / 1e6
         return self.overhead_ms + self.ms_per_melem * np.asarray(volume, dtype=np.float64) / 1e6
 
 
@@ -236,7 +268,8 @@ class LatencyTable:
         cands = self._candidates(layer)
         if not cands:
             self.entry_for(layer)  # raises the KeyError with its message
-        scalar = np.ndim(cin) == 0 and np.ndim(cout) == 0
+        if np.ndim(cin) == 0 and np.ndim(cout) == 0:
+            return self._layer_latency_one(layer, cands, int(cin), int(cout), extrapolate)
         ci, co = np.broadcast_arrays(np.asarray(cin, dtype=np.int64), np.asarray(cout, dtype=np.int64))
         if np.any(ci < 0) or np.any(co < 0):
             raise ValueError(f"channel counts must be >= 0 (layer {layer.name!r}): cin={cin}, cout={cout}")
@@ -251,7 +284,19 @@ class LatencyTable:
             e = cands[-1]
             self._outside(layer, e, ci[todo], co[todo], extrapolate)
             out[todo] = np.maximum(e.lookup(ci[todo], co[todo]), 0.0)
-        return float(out) if scalar else out
+        return out
+
+    def _layer_latency_one(self, layer: Layer, cands: list[LayerEntry], cin: int, cout: int, policy: str) -> float:
+        if cin < 0 or cout < 0:
+            raise ValueError(f"channel counts must be >= 0 (layer {layer.name!r}): cin={cin}, cout={cout}")
+        if cin == 0 or cout == 0:
+            return 0.0
+        for e in cands:
+            if e.covers_one(cin, cout):
+                return e.lookup_one(cin, cout)
+        e = cands[-1]
+        self._outside(layer, e, np.array([cin]), np.array([cout]), policy)
+        return max(e.lookup_one(cin, cout), 0.0)
 
     def _outside(self, layer: Layer, e: LayerEntry, ci: np.ndarray, co: np.ndarray, policy: str) -> None:
         axes = [("cout", co, e.cout)] + ([] if e.depthwise else [("cin", ci, e.cin)])
