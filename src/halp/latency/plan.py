@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from halp.graph.types import ChannelGraph, Layer, LayerShape, Slice
+from halp.graph.types import ChannelGraph, LayerShape, Slice
 from halp.latency.ops import canonical_kind
 from halp.latency.table import entry_id
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
