@@ -227,7 +227,9 @@ def solve_detailed(
     # the budget is clipped to one cell past it (infeasible either way) before the integer cast.
     budget = min(math.floor(free / res * (1 + 1e-12) + _CELL_TOL), float(1 << 62))
     with np.errstate(over="ignore"):  # a tiny resolution: such costs are clipped just below
-        cells_of = [np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra]
+        cells_of = [
+            np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra
+        ]
     W = int(min(budget, sum(int(k.max()) for k in cells_of)))
     active = sum(1 for k in cells_of if k.max() > 0)
     if G * (W + 1) > MAX_TABLE_ELEMENTS:
