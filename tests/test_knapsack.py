@@ -171,10 +171,6 @@ def test_default_resolution_bounds_the_loss():
     assert r.cells <= knapsack.MAX_DEFAULT_CELLS + 1
     assert r.group_cost.sum() == pytest.approx(r.total_cost)
     assert r.group_value.sum() == pytest.approx(r.total_value)
-    # the greedy reference (same grid) never finds more within the same true capacity
-    g = solve_greedy_reference(costs, values, cap, min_keep=1, resolution=r.resolution / 4)
-    if prefix(costs, g) <= cap:
-        assert prefix(values, g) <= r.total_value + r.slack * max(v.max() / c.min() for c, v in zip(costs, values))
 
 
 @pytest.mark.parametrize(
