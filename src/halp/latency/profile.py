@@ -158,6 +158,34 @@ class _Profiler:
         return OpModel(overhead, slope, samples)
 
 
+def _metadata(be: Backend, cfg: ProfileSettings, model: nn.Module, inputs: tuple[torch.Tensor, ...],
+              name: str | None, gh: str) -> dict[str, Any]:
+    """Everything needed to reproduce (or refuse to mix) a measurement."""
+    info = be.info()
+    return {
+        "backend": be.name, "device": info["device"], "batch": int(inputs[0].shape[0]), "dtype": be.dtype,
+        "threads": be.threads, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "python")} | {"halp": halp.__version__},
+        "platform": info["platform"], "settings": dataclasses.asdict(cfg), "backend_options": be.options(),
+        "model": {"name": name, "class": type(model).__name__, "graph_hash": gh,
+                  "input_shapes": [list(t.shape) for t in inputs]},
+    }
+
+
+def _reuse(path: Path, meta: dict[str, Any], graph: Any) -> LatencyTable:
+    """The finished table at ``path`` if it was profiled for this model and settings, else an error."""
+    old = LatencyTable.load(path)
+    keys = ("backend", "batch", "dtype", "threads", "settings", "backend_options")
+    same = all(old.meta.get(k) == meta[k] for k in keys)
+    if same and old.meta.get("model", {}).get("graph_hash") == meta["model"]["graph_hash"] and not old.covers(graph):
+        logger.info("latency table %s already profiled for this model and settings; reusing it", path)
+        return old
+    raise ValueError(
+        f"{path} holds a latency table for another model or settings ({old!r}); choose another output "
+        "path, delete it, or pass overwrite=True (CLI: --overwrite)"
+    )
+
+
 def profile(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -201,33 +229,16 @@ def profile(
         raise ValueError(f"unknown profile setting ({exc}); valid settings: {names}") from None
     inputs = _rebatch(as_inputs(example_inputs), batch)
     be = get_backend(backend, dtype=dtype, threads=threads, settings=cfg.timing())
+    be.settings = cfg.timing()  # a Backend instance passed in is timed with this run's settings too
     dtype = be.dtype
     from halp.graph import build_graph
 
     graph = build_graph(model, inputs)
     gh = graph_hash(graph)
-    batch = int(inputs[0].shape[0])
-    info = be.info()
-    meta: dict[str, Any] = {
-        "backend": be.name, "device": info["device"], "batch": batch, "dtype": dtype, "threads": be.threads,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "python")} | {"halp": halp.__version__},
-        "platform": info["platform"], "settings": dataclasses.asdict(cfg), "backend_options": be.options(),
-        "model": {"name": name, "class": type(model).__name__, "graph_hash": gh,
-                  "input_shapes": [list(t.shape) for t in inputs]},
-    }
+    meta = _metadata(be, cfg, model, inputs, name, gh)
     path = Path(path) if path is not None else None
     if path is not None and path.exists() and not overwrite:
-        old = LatencyTable.load(path)
-        keys = ("backend", "batch", "dtype", "threads", "settings", "backend_options")
-        same = all(old.meta.get(k) == meta[k] for k in keys) and old.meta.get("model", {}).get("graph_hash") == gh
-        if same and not old.covers(graph):
-            logger.info("latency table %s already profiled for this model and settings; reusing it", path)
-            return old
-        raise ValueError(
-            f"{path} holds a latency table for another model or settings ({old!r}); choose another output "
-            "path, delete it, or pass overwrite=True (CLI: --overwrite)"
-        )
+        return _reuse(path, meta, graph)
     fingerprint = {k: meta[k] for k in ("backend", "device", "batch", "dtype", "threads")}
     fingerprint["timing"] = dataclasses.asdict(cfg.timing())
     fingerprint["e2e"] = [cfg.e2e_warmup, cfg.e2e_repeats, cfg.calibration_rounds]
