@@ -85,6 +85,8 @@ def test_interrupted_points_do_not_hide_cliffs():
     iqr[rng.random(len(ch)) < 0.3] *= 20
     assert find_cliffs(ch, lat, iqr).tolist() == [209, 225, 241]
     assert detect_step(ch, lat, iqr) == 16
+    # every IQR a scheduler time slice (here 40 stairs high), as we saw with other jobs running
+    assert detect_step(ch, lat, 40 * 16 / 256) == 16
 
 
 # 3x3 conv 256 -> 192..256 at 14x14, batch 1, one thread, medians of 41 interleaved repeats on this

@@ -70,8 +70,8 @@ def _calibrated(lat: np.ndarray, nz: np.ndarray, splits: list[int] | None = None
     trusted either. The scatter of the medians around their plateaus is what a cliff must stand out
     from. Without ``splits`` it comes from first differences; with them (cliffs found on that first
     estimate) from the MAD of each point's distance to its plateau's median, which cliffs no longer
-    inflate. The typical (median) given noise is an upper bound, and 2% of it a floor that keeps
-    timer quantisation from making every tick a cliff.
+    inflate. The typical (median) given noise is an upper bound; 0.01% of the typical latency is a
+    floor that keeps timer quantisation and tiny wobbles from counting as cliffs.
     """
     typical = float(np.median(nz))
     if len(lat) < 9:
@@ -84,8 +84,9 @@ def _calibrated(lat: np.ndarray, nz: np.ndarray, splits: list[int] | None = None
         if resid.size < 8:
             return _calibrated(lat, nz)
         scale = 1.4826 * float(np.median(np.abs(resid)))
+    scale = max(scale, 1e-4 * float(np.median(np.abs(lat))))
     if typical > 0:
-        scale = min(typical, max(scale, 0.02 * typical))
+        scale = min(typical, scale)
     return np.full_like(nz, scale)
 
 
