@@ -96,8 +96,9 @@ def write_docs(d: dict, js: Path) -> None:
     lines = [
         "## Latency step detection on this CPU (issue 4)",
         "",
-        f"Command: `python benchmarks/grouping_step.py {' '.join(sys.argv[1:])}`".replace(" `", "`").rstrip() + "  ",
-        f"Machine: {d['cpu']}, torch {d['torch']}, {a['threads']} threads, shared with other jobs; {d['date'][:10]}.  ",
+        f"Command: `{' '.join(['python benchmarks/grouping_step.py', *sys.argv[1:]])}`  ",
+        f"Machine: {d['cpu']}, torch {d['torch']}, {a['threads']} thread(s), shared with other jobs; "
+        f"{d['date'][:10]}.  ",
         f"3x3 conv {a['cin']} -> cout at {a['hw']}x{a['hw']}, batch 1, cout = {d['channels'][0]}..{d['channels'][-1]}, "
         f"{a['repeats']} interleaved repeats per count; `detect_step` on the {a['quantile']:g}th percentile of "
         "each count's repeats (50 = median) with the IQR as noise.",

@@ -292,23 +292,25 @@ def _merge(f: np.ndarray, cells: np.ndarray, vals: np.ndarray, lo: int, hi: int)
     """One DP layer on cells ``lo..hi``: ``new[w] = max_i f[w - cells[i]] + vals[i]``, first ``i`` on ties.
 
     Returns the new layer (flat above ``hi``, unused below ``lo``) and the argmax for ``lo..hi``.
-    Choices are folded in one at a time with contiguous numpy passes (a strict ``>`` keeps the
-    earlier, fewer-item choice on ties).
+    Choices are folded in one at a time with branch-free, contiguous numpy passes (a strict ``>``
+    keeps the earlier, fewer-item choice on ties; masked copies are slow on irregular masks).
     """
     n = hi - lo + 1
     dtype = np.int16 if len(cells) < np.iinfo(np.int16).max else np.int32
     best = np.full(n, -np.inf)
     arg = np.zeros(n, dtype=dtype)
-    seg = np.empty(n)
-    better = np.empty(n, dtype=bool)
+    seg, better, step = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=dtype)
     for i, (k, v) in enumerate(zip(cells.tolist(), vals.tolist())):
         first = max(lo - k, 0)  # f index read for cell max(lo, k)
         skip = first + k - lo  # cells below k cannot take this choice
         m = n - skip
-        np.add(f[first : first + m], v, out=seg[:m])
-        np.greater(seg[:m], best[skip:], out=better[:m])
-        np.copyto(best[skip:], seg[:m], where=better[:m])
-        np.copyto(arg[skip:], i, where=better[:m])
+        s, b, up, a, d = seg[:m], best[skip:], better[:m], arg[skip:], step[:m]
+        np.add(f[first : first + m], v, out=s)
+        np.greater(s, b, out=up)
+        np.maximum(b, s, out=b)
+        np.subtract(i, a, out=d)  # arg = i where improved: arg += (i - arg) * up
+        np.multiply(d, up, out=d)
+        np.add(a, d, out=a)
     new = np.empty_like(f)
     new[lo : hi + 1] = best
     new[hi + 1 :] = best[-1]
