@@ -113,7 +113,10 @@ def write_docs(d: dict, js: Path) -> None:
     ]
     section = "\n".join(lines)
     pattern = re.compile(r"## Latency step detection on this CPU \(issue 4\)\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 

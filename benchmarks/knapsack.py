@@ -239,7 +239,7 @@ def write_docs(results: list[dict[str, Any]], js: Path) -> None:
     section = "\n".join(lines)
     pattern = re.compile(r"## Knapsack solver \(issue 4\)\n.*?(?=\n## |\Z)", re.S)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n"), text)
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
