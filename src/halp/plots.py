@@ -99,3 +99,63 @@ def plot_layer_latency(
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
     _save(fig, path)
     return fig
+
+
+def plot_schedule(report: dict[str, Any], path: str | Path | None = None) -> "Figure":
+    """Predicted latency after every pruning step against its target (knapsack estimate too)."""
+    steps = report["steps"]
+    fig = _figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    x = [s["step"] for s in steps]
+    ax.plot([0, *x], [report["dense_ms"], *[s["target_ms"] for s in steps]], "k--", label="target")
+    ax.plot(x, [s["knapsack_ms"] for s in steps], "o", mfc="none", label="knapsack estimate (frozen widths)")
+    ax.plot(x, [s["predicted_ms"] for s in steps], ".-", label="re-predicted (all widths updated)")
+    measured = report.get("pruned", {}).get("latency_ms")
+    if measured is not None:
+        ax.axhline(measured, color="tab:red", lw=0.8, label=f"measured slim model ({measured:.3g} ms)")
+    ax.set_xlabel("pruning step")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("latency per pruning step")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_widths(
+    report: dict[str, Any], path: str | Path | None = None, steps: dict[str, int] | None = None,
+    others: dict[str, dict[str, int]] | None = None,
+) -> "Figure":
+    """Kept channels per group against the dense width (the paper's Fig. 12), optionally with each group's
+    latency-step edges marked and other methods' widths beside HALP's (Fig. 8)."""
+    dense = report["dense_widths"]
+    names = list(dense)
+    fig = _figure(figsize=(max(6, 0.3 * len(names) + 2), 4))
+    ax = fig.add_subplot()
+    idx = np.arange(len(names))
+    series = {report.get("method", "halp"): report["widths"], **(others or {})}
+    width = 0.8 / (len(series) + 1)
+    ax.bar(idx - 0.4 + width / 2, [dense[n] for n in names], width, color="0.85", label="dense")
+    for i, (label, widths) in enumerate(series.items(), start=1):
+        ax.bar(idx - 0.4 + width * (i + 0.5), [widths.get(n, dense[n]) for n in names], width, label=label)
+    if steps:
+        for i, n in enumerate(names):
+            s = steps.get(n, 1)
+            if 1 < s < dense[n]:
+                for edge in range(s, dense[n] + 1, s):
+                    ax.plot([i - 0.45, i + 0.45], [edge, edge], color="k", lw=0.3, alpha=0.5)
+    ax.set_xticks(idx)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels kept")
+    ax.set_title("kept channels per group" + (" (lines: latency-step edges)" if steps else ""))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """The figures of a pruning run: latency per step against its target, kept channels per group."""
+    out = Path(out_dir)
+    paths = [out / "latency_per_step.png", out / "widths.png"]
+    plot_schedule(report, paths[0])
+    plot_widths(report, paths[1], steps=report.get("group_steps"))
+    return paths
