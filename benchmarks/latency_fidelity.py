@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import re
 import sys
@@ -68,6 +69,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         predicted.append(p)
     log.info("%s: measuring dense + %d variants (%d rounds x %d repeats)", name, len(variants), args.rounds, args.repeats)
     t1 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     stats = measure_many([model, *variants], x, backend="torch-cpu", threads=args.threads, warmup=args.warmup,
                          repeats=args.repeats, rounds=args.rounds)
     measure_s = time.perf_counter() - t1
@@ -93,6 +95,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "p90_abs_rel_error": float(np.percentile(rel, 90)),
         "mean_signed_rel_error": float(np.mean((predicted_arr - measured) / measured)),
         "measure_s": measure_s,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after measuring
         "variants": [
             {"widths": w, "predicted_ms": float(p), "measured_ms": float(s.median_ms), "iqr_ms": float(s.iqr_ms)}
             for w, p, s in zip(widths, predicted, stats[1:])
@@ -152,7 +155,9 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
             f"{r['dense']['measured_ms']:.1f} / {r['dense']['predicted_ms']:.1f} | {r['pearson_r_reduction']:.4f} | "
             f"{100 * r['median_abs_rel_error']:.2f}% | {100 * r['p90_abs_rel_error']:.2f}% | "
             f"{c['a']:.3f}, {c['b']:.3f}, {c['c']:.2f} ms |")
-    lines += ["", "Acceptance: median abs rel error <= 5% and r >= 0.98 on both models; ResNet-50 table <= 15 min.",
+    loads = ", ".join(f"{r['model']} {r['load_average_1min'][0]:.1f}-{r['load_average_1min'][1]:.1f}" for r in results)
+    lines += ["", f"1-minute load average while measuring (2 cores): {loads}.",
+              "Acceptance: median abs rel error <= 5% and r >= 0.98 on both models; ResNet-50 table <= 15 min.",
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
     pattern = re.compile(r"## Latency fidelity \(paper Fig\. 13\)\n.*?(?=\n## |\Z)", re.S)
