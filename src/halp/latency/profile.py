@@ -254,7 +254,8 @@ def profile(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    bar = tqdm(total=total, disable=not progress, desc="profiling", unit="pt", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=min(store.resumed, total), disable=not progress, desc="profiling", unit="pt",
+               dynamic_ncols=True)
     try:
         with be, torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
