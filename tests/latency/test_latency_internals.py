@@ -9,6 +9,7 @@ import torch
 from halp.graph.types import ChannelGraph, ChannelGroup, Layer, LayerShape, OtherOp
 from halp.latency.fit import fit_calibration, fit_line, nnls
 from halp.latency.ops import op_module
+from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import axis_grid, fine_range, plan_entries, plan_ops
 from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
 
@@ -150,3 +151,24 @@ def test_unknown_op_kind_is_timed_generically_with_a_warning(caplog):
     module, inputs = op_module("weird_op", 1, 4, (2, 2), torch.float32, "cpu")
     assert tuple(module(*inputs).shape) == (1, 4, 2, 2)
     assert any("weird_op" in r.message for r in caplog.records)
+
+
+def test_outlier_detection():
+    cin = np.array([1, 8, 16, 32, 64, 128])
+    cout = np.array([1, 16, 32, 64, 96, 128, 256])
+    grid = 0.01 + 1e-5 * cin[:, None] * cout[None, :] + 1e-4 * cout[None, :]
+    assert not suspects_grid(cin, cout, grid).any()
+    spiked = grid.copy()
+    spiked[3, 4] *= 3.0
+    spiked[0, 0] *= 8.0
+    assert set(zip(*np.nonzero(suspects_grid(cin, cout, spiked)))) == {(3, 4), (0, 0)}
+    # a one-row grid (cin not prunable) is checked along cout
+    row = grid[3:4].copy()
+    row[0, 4] *= 3.0
+    assert list(np.flatnonzero(suspects_grid(cin[:1], cout, row))) == [4]
+    # a staircase sweep: 12% steps every 16 channels are real, a 2x point is not
+    ch = np.arange(193, 257)
+    stair = 1.0 + 0.12 * np.ceil((ch - 192) / 16)
+    assert not suspects_sweep(stair).any()
+    stair[20] *= 2.0
+    assert list(np.flatnonzero(suspects_sweep(stair))) == [20]

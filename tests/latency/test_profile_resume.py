@@ -82,7 +82,7 @@ def test_interrupted_profile_resumes_without_remeasuring(tiny, fake_backend, tmp
     assert len(first.layer_calls) + len(second.layer_calls) == total
     assert path.exists() and not partial_path(path).exists()
     assert table.meta["measurements"] == {"new": len(second.layer_calls) + second.op_calls + 6,
-                                         "resumed": total // 2 + 3}
+                                         "resumed": total // 2 + 3, "retaken": 0}
     assert table.to_dict()["layers"] == ref_table.to_dict()["layers"]
 
     # a finished table for the same model and settings is reused, measuring nothing
@@ -134,3 +134,21 @@ def test_batch_argument_rebatches_inputs(tiny, fake_backend):
     table = profile(model, x, backend=fake_backend(), batch=3, progress=False, **SETTINGS)
     assert table.batch == 3 and all(e.shape.batch == 3 for e in table.entries)
     assert predict_latency(model, torch.randn(3, 3, 8, 8), table) > 0
+
+
+def test_disturbed_points_are_retaken(tiny, fake_backend):
+    """Every 13th timing is 10x too slow (another process took the CPU): those points are measured again
+    and the table comes out as if nothing had happened."""
+    model, x = tiny
+    clean = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    be = fake_backend(spike_every=13)
+    table = profile(model, x, backend=be, progress=False, **SETTINGS)
+    spiked = len(be.layer_calls) // 13
+    assert table.meta["measurements"]["retaken"] >= spiked - 1  # a spike on a retake is retaken again
+    for a, b in zip(clean.entries, table.entries):
+        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
+        np.testing.assert_allclose(a.fine_median_ms, b.fine_median_ms, rtol=1e-12)
+    counts = {}
+    for call in be.layer_calls:
+        counts[call] = counts.get(call, 0) + 1
+    assert max(counts.values()) <= 1 + SETTINGS.get("retries", 2)

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, size = load_model(args.model, args.num_classes)
     x = example_input(size, args.input)
+    reusing = Path(args.output).exists() and not args.overwrite
     table = halp.profile(
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "
           f"{table.backend} on {table.meta['device']} ({table.threads} threads, batch {table.batch}, {table.dtype})")
     print(f"calibration ({c.method}): measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms")
-    if "profile_seconds" in table.meta:
+    if reusing:
+        print("the table was already there for this model and settings: reused it, measured nothing")
+    elif "profile_seconds" in table.meta:
         m = table.meta.get("measurements", {})
         print(f"profiling took {table.meta['profile_seconds']:.1f} s ({m.get('new', 0)} new measurements, "
               f"{m.get('resumed', 0)} resumed)")

@@ -24,6 +24,7 @@ import halp
 from halp.latency.backends import Backend, as_inputs, get_backend
 from halp.latency.calibrate import calibrate, graph_hash
 from halp.latency.fit import fit_line
+from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
 from halp.latency.store import MeasurementStore, partial_path
 from halp.latency.table import LatencyTable, LayerEntry, OpModel
@@ -45,6 +46,8 @@ class ProfileSettings:
         calibration_low: their widths are uniform in ``[calibration_low, 1]`` of each group.
         calibration_rounds: interleaved rounds of end-to-end timing.
         e2e_warmup, e2e_repeats: warm-up calls and timed calls per model in the calibration.
+        retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
+            of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
     """
 
@@ -61,6 +64,8 @@ class ProfileSettings:
     calibration_rounds: int = 5
     e2e_warmup: int = 10
     e2e_repeats: int = 30
+    retries: int = 2
+    outlier_threshold: float = 1.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,7 +74,9 @@ class ProfileSettings:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("fine_span", "calibration_samples", "e2e_warmup", "seed"):
+        if not self.outlier_threshold > 1.0:
+            raise ValueError(f"outlier_threshold must be > 1 (a ratio to the fit), got {self.outlier_threshold}")
+        for name in ("fine_span", "calibration_samples", "e2e_warmup", "retries", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -109,18 +116,32 @@ def _detect_step(channels: np.ndarray, median: np.ndarray, noise: np.ndarray, fu
 
 
 class _Profiler:
+    """Measures entries and ops through the store (resumable), retaking suspect points."""
+
     def __init__(self, backend: Backend, store: MeasurementStore, settings: ProfileSettings,
                  tick: Callable[[int], None]) -> None:
         self.be, self.store, self.s, self.tick = backend, store, settings, tick
+        self.retaken = 0
 
-    def point(self, plan: EntryPlan, cin: int, cout: int) -> tuple[float, float]:
+    def point(self, plan: EntryPlan, cin: int, cout: int, retake: bool = False) -> tuple[float, float]:
+        """``(median, noise)`` of one layer point. A point is measured at most ``1 + retries`` times
+        over all runs (the count is stored with it); a retake keeps the faster median."""
         # keyed by what is timed, not by entry: entries of one shape share their common points
         key = f"L|{plan.shape.key()}|r{plan.in_repeat}|{cin}|{cout}"
         if key not in self.store:
             st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
-            self.store.put(key, [st.median_ms, st.iqr_ms])
+            self.store.put(key, [st.median_ms, st.iqr_ms, 1])
             self.tick(1)
-        med, noise = self.store.get(key)
+        elif retake:
+            med, noise, *rest = self.store.get(key)
+            tries = int(rest[0]) if rest else 1
+            if tries <= self.s.retries:
+                st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
+                self.retaken += 1
+                if st.median_ms < med:
+                    med, noise = st.median_ms, st.iqr_ms
+                self.store.put(key, [med, noise, tries + 1])
+        med, noise = self.store.get(key)[:2]
         return float(med), float(noise)
 
     def entry(self, plan: EntryPlan) -> LayerEntry:
@@ -128,20 +149,33 @@ class _Profiler:
         fine = fine_range(plan, s.fine_span)
         fine_cin = (lambda c: c) if plan.depthwise else (lambda c: plan.cin_full)
         fv = np.array([self.point(plan, fine_cin(c), c) for c in fine]).reshape(-1, 2)
-        align = (_detect_step(fine, fv[:, 0], fv[:, 1], plan.cout_full, s.grid_points)
-                 if fine.size >= 8 else default_align(plan.cout_full, s.grid_points))
-        cout = axis_grid(plan.cout_full, plan.cout_low, s.grid_points, align, plan.multiple)
-        if plan.depthwise:
-            vals = np.array([self.point(plan, c, c) for c in cout])
-            med, noise = vals[:, 0], vals[:, 1]
-            cin = cout
-        else:
-            cin = axis_grid(plan.cin_full, plan.cin_low, s.grid_points,
-                            default_align(plan.cin_full, s.grid_points), plan.multiple)
-            vals = np.array([[self.point(plan, ci, co) for co in cout] for ci in cin])
-            med, noise = vals[..., 0], vals[..., 1]
-        return LayerEntry(plan.shape, plan.in_repeat, plan.cin_full, plan.cout_full, cin, cout, med, noise,
-                          fine, fv[:, 0].copy(), fv[:, 1].copy(), list(plan.layers))
+        for _ in range(s.retries if fine.size >= 5 else 0):
+            bad = np.flatnonzero(suspects_sweep(fv[:, 0], s.outlier_threshold))
+            for i in bad:
+                fv[i] = self.point(plan, fine_cin(fine[i]), fine[i], retake=True)
+            if not bad.size:
+                break
+        # the grid's alignment is stored: retakes below may change the sweep, a resumed run must not
+        align = self.store.note(f"align|{plan.id}", _detect_step(fine, fv[:, 0], fv[:, 1], plan.cout_full, s.grid_points)
+                                if fine.size >= 8 else default_align(plan.cout_full, s.grid_points))
+        cout = axis_grid(plan.cout_full, plan.cout_low, s.grid_points, int(align), plan.multiple)
+        cin = cout if plan.depthwise else axis_grid(
+            plan.cin_full, plan.cin_low, s.grid_points, default_align(plan.cin_full, s.grid_points), plan.multiple)
+        pairs = [(c, c) for c in cout] if plan.depthwise else [(ci, co) for ci in cin for co in cout]
+        shape = (len(cout),) if plan.depthwise else (len(cin), len(cout))
+        vals = np.array([self.point(plan, ci, co) for ci, co in pairs])
+        for _ in range(s.retries):
+            grid_cin = cin if not plan.depthwise else cout[:1]
+            bad = np.flatnonzero(suspects_grid(grid_cin, cout, vals[:, 0].reshape(-1, len(cout)), s.outlier_threshold))
+            for i in bad:
+                vals[i] = self.point(plan, *pairs[i], retake=True)
+            if not bad.size:
+                break
+        # re-read the sweep: grid retakes on the full-cin row are the same points
+        fv = np.array([self.point(plan, fine_cin(c), c) for c in fine]).reshape(-1, 2)
+        return LayerEntry(plan.shape, plan.in_repeat, plan.cin_full, plan.cout_full, cin, cout,
+                          vals[:, 0].reshape(shape), vals[:, 1].reshape(shape), fine, fv[:, 0].copy(),
+                          fv[:, 1].copy(), list(plan.layers))
 
     def op_kind(self, kind: str, configs: list[tuple[int, int, int, int]]) -> OpModel:
         samples = []
@@ -280,7 +314,7 @@ def profile(
         bar.close()
     table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
     table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
-    table.meta["measurements"] = {"new": store.new, "resumed": store.resumed}
+    table.meta["measurements"] = {"new": store.new, "resumed": store.resumed, "retaken": prof.retaken}
     logger.info("profiled %d entries, %d op kinds in %.1f s (%d new measurements, %d resumed)",
                 len(entries), len(ops), table.meta["profile_seconds"], store.new, store.resumed)
     if path is not None:

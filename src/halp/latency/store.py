@@ -46,7 +46,8 @@ class MeasurementStore:
         self.fingerprint = fingerprint
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
-        self.values: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}  # measurements
+        self.notes: dict[str, Any] = {}  # decisions derived from them that a resumed run must repeat
         self.new = 0  # measured in this run
         self.resumed = 0  # found in the partial file
         self.elapsed_before = 0.0  # profiling seconds spent by earlier, interrupted runs
@@ -82,6 +83,7 @@ class MeasurementStore:
         if not isinstance(values, dict):
             raise ValueError(f"partial profile {path} has no 'values'; delete it to start profiling afresh")
         self.values = values
+        self.notes = dict(data.get("notes", {}))
         self.resumed = len(values)
         self.elapsed_before = float(data.get("elapsed_s", 0.0))
         logger.info("resuming profile from %s: %d measurements already done", path, len(values))
@@ -104,13 +106,17 @@ class MeasurementStore:
         """Seconds spent profiling, this run and the interrupted runs it resumes."""
         return self.elapsed_before + time.monotonic() - self._started
 
+    def note(self, key: str, value: Any) -> Any:
+        """Record ``value`` under ``key`` unless a (resumed) value is already there; return the recorded one."""
+        return self.notes.setdefault(key, value)
+
     def flush(self) -> None:
         if self.path is None or not self._dirty:
             return
         atomic_write_json(
             self.path,
             {"format": PARTIAL_FORMAT, "format_version": PARTIAL_VERSION, "fingerprint": self.fingerprint,
-             "elapsed_s": round(self.elapsed, 3), "values": self.values},
+             "elapsed_s": round(self.elapsed, 3), "notes": self.notes, "values": self.values},
         )
         self._dirty = 0
         self._last = time.monotonic()
