@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 class _PrunerHooks:
     """Connects a Pruner to :func:`halp.train.train` and checkpoints both together."""
 
-    def __init__(self, pruner: Any, ckpt: Path, model: nn.Module, every: int) -> None:
-        self.pruner, self.ckpt, self.model, self.every = pruner, ckpt, model, every
+    def __init__(self, pruner: Any, ckpt: Path, model: nn.Module) -> None:
+        self.pruner, self.ckpt, self.model = pruner, ckpt, model
         self.optimizer = self.scheduler = None
 
     def after_backward(self, step: int) -> None:
@@ -34,8 +34,10 @@ class _PrunerHooks:
 
     def after_optimizer_step(self, step: int) -> None:
         self.pruner.apply_masks()
-        if self.every and (step + 1) % self.every == 0:
-            self.save(step + 1)
+
+    def on_checkpoint(self, step: int) -> None:
+        # called by halp.train after the scheduler has stepped: model, optimizer, LR and pruner all at `step`
+        self.save(step)
 
     def save(self, step: int) -> None:
         from halp.train import is_main_process, save_checkpoint
@@ -144,7 +146,7 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         pruner.load_state_dict(state["extra"]["pruner"])
         start_step = int(state["step"])
         log.info("resuming from %s at step %d (pruning step %d)", ckpt, start_step, pruner.pruning_step)
-    hooks = _PrunerHooks(pruner, ckpt, model, tcfg.checkpoint_every)
+    hooks = _PrunerHooks(pruner, ckpt, model)
     hooks.optimizer, hooks.scheduler = optimizer, scheduler
     model.train()
     result = train(model, train_loader, tcfg, hooks=hooks, start_step=start_step, optimizer=optimizer,

@@ -1,0 +1,104 @@
+"""A whole recipe run (halp prune): outputs, loadable models, kill-and-resume reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import halp
+from fakes import FakeBackend
+from halp.cli.main import main
+from halp.recipe import Recipe
+from halp.run import _PrunerHooks, run
+
+SMALL = {"widths": [8, 16, 32]}  # a narrow digits_resnet: the pipeline, not the accuracy, is under test
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Dense weights and a deterministic latency table for the small digits model."""
+    root = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    model = halp.models.create("digits_resnet", num_classes=10, in_chans=1, **SMALL)
+    weights = root / "dense.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    table = halp.profile(model.eval(), torch.randn(1, 1, 32, 32), backend=FakeBackend(), progress=False,
+                         grid_points=4, fine_span=8)
+    table.save(root / "table.json")
+    return str(weights), str(root / "table.json")
+
+
+def recipe(assets, out, **prune) -> Recipe:
+    weights, table = assets
+    return Recipe.from_dict({
+        "model": "digits_resnet", "model_kwargs": SMALL, "weights": weights, "data": "digits", "table": table,
+        "threads": 1, "prune": {"target": 0.5, "steps": 3, "interval": 3, **prune},
+        "train": {"epochs": 1, "lr": 0.02, "batch_size": 64, "warmup_epochs": 0.0, "checkpoint_every": 2,
+                  "log_every": 0},
+        "measure_repeats": 3, "plots": True, "out": str(out),
+    })
+
+
+def test_run_writes_a_loadable_slim_model_meeting_the_predicted_budget(assets, tmp_path):
+    report = run(recipe(assets, tmp_path), progress=False)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["pruned"]["accuracy"] == pytest.approx(report["pruned"]["accuracy"])
+    assert set(on_disk) >= {"input_shape", "dense", "pruned", "target"}
+    assert report["input_shape"] == [1, 1, 32, 32] and report["target"] == 0.5
+    assert report["pruned"]["predicted_ms"] <= report["final_target_ms"] * (1 + 1e-9)
+    assert 0 <= report["pruned"]["accuracy"] <= 1
+    # the masked model in the loop and the slim one agree on the test set
+    assert report["pruned"]["accuracy"] == pytest.approx(report["pruned"]["masked_accuracy"], abs=1e-9)
+    slim = halp.load_pruned(tmp_path / "pruned").eval()
+    dense = halp.load_pruned(tmp_path / "dense").eval()
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in dense.parameters())
+    table = halp.LatencyTable.load(assets[1])
+    assert halp.predict_latency(slim, torch.zeros(1, 1, 32, 32), table) == pytest.approx(
+        report["pruned"]["predicted_ms"], rel=1e-9)
+    for name in ("summary.md", "latency_per_step.png", "widths.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_masks(assets, tmp_path, monkeypatch):
+    full = run(recipe(assets, tmp_path / "full"), progress=False)
+
+    original = _PrunerHooks.after_backward
+
+    def dying(self, step):
+        original(self, step)
+        if step == 7:  # the checkpoint is at step 6: mid-schedule and mid-accumulation
+            raise _Killed()
+
+    monkeypatch.setattr(_PrunerHooks, "after_backward", dying)
+    with pytest.raises(_Killed):
+        run(recipe(assets, tmp_path / "killed"), progress=False)
+    monkeypatch.setattr(_PrunerHooks, "after_backward", original)
+    resumed = run(recipe(assets, tmp_path / "killed"), progress=False)
+    assert resumed["widths"] == full["widths"]
+    assert [s["widths"] for s in resumed["steps"]] == [s["widths"] for s in full["steps"]]
+    a = halp.load_pruned(tmp_path / "full" / "pruned")
+    b = halp.load_pruned(tmp_path / "killed" / "pruned")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_cli_prune_reports_bad_recipes_clearly(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model: digits_resnet\nprune: {target: 2.0}\n")
+    assert main(["prune", "--config", str(bad)]) == 2
+    assert "target" in capsys.readouterr().err
+    bad.write_text("modle: digits_resnet\n")
+    assert main(["prune", "--config", str(bad)]) == 2
+    assert "unknown recipe key" in capsys.readouterr().err
+
+
+def test_schedule_longer_than_training_is_refused_before_training(assets, tmp_path):
+    with pytest.raises(ValueError, match="schedule prunes until iteration"):
+        run(recipe(assets, tmp_path, steps=30, interval=40), progress=False)
