@@ -60,6 +60,19 @@ def test_run_writes_a_loadable_slim_model_meeting_the_predicted_budget(assets, t
         report["pruned"]["predicted_ms"], rel=1e-9)
     for name in ("summary.md", "latency_per_step.png", "widths.png"):
         assert (tmp_path / name).stat().st_size > 0
+    # the CLI works on what the run wrote: replot the report, export the slim model to ONNX
+    figs = tmp_path / "figs"
+    assert main(["plot", str(tmp_path / "report.json"), "-o", str(figs)]) == 0
+    assert (figs / "widths.png").stat().st_size > 0
+    assert main(["export", str(tmp_path / "pruned"), "--onnx", str(tmp_path / "slim.onnx")]) == 0
+    import onnxruntime as ort
+
+    x = torch.randn(1, 1, 32, 32)
+    sess = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch_out = slim(x).numpy()
+    assert abs(onnx_out - torch_out).max() <= 1e-4 * max(1.0, abs(torch_out).max())
 
 
 class _Killed(Exception):

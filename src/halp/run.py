@@ -163,6 +163,7 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
                          repeats=recipe.measure_repeats)
     report = pruner.report()
     report.update(
+        format="halp-report",
         method=recipe.method,
         input_shape=list(example.shape),
         target=pruner.config.target if pruner.config.target_ms is None else None,

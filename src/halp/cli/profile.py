@@ -31,12 +31,12 @@ def load_model(spec: str, num_classes: int | None = None) -> tuple[Any, tuple[in
 
     path = Path(spec)
     if path.is_dir():
-        from halp import export
+        from halp.serialize import load_pruned
 
-        loader = getattr(export, "load_pruned", None)
-        if loader is None:
-            raise ValueError(f"{spec} is a folder but this build cannot load saved models; give a zoo name")
-        model = loader(path)
+        model = load_pruned(path)
+        shape = getattr(model, "halp_input_shape", None)
+        if shape:
+            return model, tuple(shape[1:])
     else:
         model = halp.models.create(spec, num_classes=num_classes)
     size = tuple(getattr(model, "default_input_size", ()) or ())
