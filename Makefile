@@ -25,9 +25,10 @@ slow: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/halp demo --out $(DEMO_OUT)
 
+# make bench QUICK=1 runs the small preset docs/results.md reports; BENCH_FLAGS passes more (e.g. --only pareto)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,130 @@
+"""The experiments' plumbing: the resumable cell store and the knob matching (no training here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import _experiment as ex  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- cell store
+
+
+def test_store_skips_finished_cells_across_reruns(tmp_path: Path) -> None:
+    path = tmp_path / "cells.json"
+    calls: list[dict] = []
+
+    def compute(params: dict) -> dict:
+        calls.append(params)
+        return {"accuracy": 0.5 + params["budget"]}
+
+    grid = [{"model": "m", "budget": b, "seed": s} for b in (0.3, 0.8) for s in (0, 1)]
+    store = ex.CellStore(path, "demo")
+    first = [store.run(p, lambda p=p: compute(p)) for p in grid[:3]]  # "killed" after three cells
+    assert len(calls) == 3
+
+    rerun = ex.CellStore(path, "demo")  # a fresh process reading the file back
+    second = [rerun.run(p, lambda p=p: compute(p)) for p in grid]
+    assert len(calls) == 4 and calls[-1] == grid[3]  # only the unfinished cell ran
+    assert [r["accuracy"] for r in second[:3]] == [r["accuracy"] for r in first]
+    assert len(rerun) == 4
+    # parameter order does not matter; records carry params and results together
+    assert {"seed": 1, "budget": 0.8, "model": "m"} in rerun
+    rec = [r for r in rerun.records() if r["budget"] == 0.8 and r["seed"] == 1][0]
+    assert rec["accuracy"] == pytest.approx(1.3) and rec["model"] == "m" and "cell_seconds" in rec
+
+
+def test_store_writes_complete_json_and_rejects_a_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "cells.json"
+    store = ex.CellStore(path, "demo")
+    for i in range(5):
+        store.put({"i": i}, {"value": i * i})
+    data = json.loads(path.read_text())
+    assert data["experiment"] == "demo" and len(data["cells"]) == 5
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary left behind
+
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # what a kill mid-write of a naive writer would leave
+    with pytest.raises(ValueError, match="not valid JSON.*truncated"):
+        ex.CellStore(path, "demo")
+
+
+def test_store_refuses_another_experiments_file_and_bad_params(tmp_path: Path) -> None:
+    path = tmp_path / "cells.json"
+    ex.CellStore(path, "pareto").put({"a": 1}, {"b": 2})
+    with pytest.raises(ValueError, match="experiment 'pareto', not 'steps'"):
+        ex.CellStore(path, "steps")
+    path.write_text(json.dumps([1, 2, 3]))
+    with pytest.raises(ValueError, match="not a halp-cells/1 cell store"):
+        ex.CellStore(path, "pareto")
+    with pytest.raises(ValueError, match="JSON values"):
+        ex.CellStore(tmp_path / "other.json", "x").put({"a": object()}, {})
+
+
+# ----------------------------------------------------------------------------- knob matching
+
+
+@pytest.mark.parametrize(
+    "latency",
+    [
+        lambda k: 0.2 + 1.6 * k,  # linear in the knob
+        lambda k: 2.0 * k**2 + 0.05,  # convex (latency ~ width^2)
+        lambda k: math.exp(3 * (k - 0.4)),  # very steep
+        lambda k: 0.6 + 0.8 * math.sqrt(k),  # concave, overhead-bound
+    ],
+)
+@pytest.mark.parametrize("start", [None, 0.05, 0.95])
+def test_match_knob_converges_within_two_percent(latency, start) -> None:
+    reference = 1.0  # the "HALP" latency the baseline must match
+    calls: list[float] = []
+
+    def ratio(k: float) -> float:
+        calls.append(k)
+        return latency(k) / reference
+
+    m = ex.match_knob(ratio, 0.0, 1.0, start=start, tol=0.02, max_probes=12)
+    assert m.converged
+    assert abs(ratio(m.knob) - 1.0) <= 0.02
+    assert m.ratio == pytest.approx(latency(m.knob))
+    assert len(m.probes) <= 12 and len(calls) == len(m.probes) + 1
+
+
+def test_match_knob_on_a_staircase_reports_the_closest_and_no_convergence() -> None:
+    # latency only changes in 10% steps: no knob gives a ratio within 2% of 1.0 (0.95 or 1.05 at best)
+    stair = lambda k: 0.55 + 0.1 * math.floor(k * 10)  # noqa: E731
+    m = ex.match_knob(stair, 0.0, 1.0, tol=0.02, max_probes=20)
+    assert not m.converged
+    assert abs(m.ratio - 1.0) == pytest.approx(0.05)
+    assert m.ratio == pytest.approx(stair(m.knob))
+
+
+def test_match_knob_stays_in_range_and_validates() -> None:
+    seen: list[float] = []
+    m = ex.match_knob(lambda k: seen.append(k) or 5.0, 0.2, 0.7, start=3.0)  # always too slow
+    assert all(0.2 <= k <= 0.7 for k in seen) and not m.converged
+    assert min(seen) == pytest.approx(0.2, abs=1e-3)
+    with pytest.raises(ValueError, match="lo < hi"):
+        ex.match_knob(lambda k: 1.0, 0.5, 0.5)
+    with pytest.raises(ValueError, match="tol"):
+        ex.match_knob(lambda k: 1.0, 0.0, 1.0, tol=0.0)
+
+
+# ----------------------------------------------------------------------------- schedule and presets
+
+
+def test_schedule_spreads_steps_over_the_span_and_rejects_overfull() -> None:
+    p = ex.replace(ex.QUICK, finetune_epochs=2, prune_span=0.5, steps=10)
+    assert ex.schedule(p, 62) == (10, 6)  # 124 iterations, half of them for 10 steps
+    assert ex.schedule(p, 62, steps=30) == (30, 2)
+    assert ex.schedule(p, 62, steps=1) == (1, 62)
+    with pytest.raises(ValueError, match="do not fit"):
+        ex.schedule(p, 10, steps=30)
+    with pytest.raises(ValueError, match="threads"):
+        ex.preset(True, threads=0)
+    assert ex.preset(True, threads=3).threads == 3 and ex.preset(False).seeds == (0, 1, 2)
