@@ -39,15 +39,17 @@ def graph_hash(graph: ChannelGraph) -> str:
 
 
 def random_widths(
-    graph: ChannelGraph, rng: np.random.Generator, low: float = 0.25, high: float = 1.0
+    graph: ChannelGraph, rng: np.random.Generator, low: float = 0.25, high: float = 1.0,
+    steps: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Kept channels per prunable group, each an independent uniform fraction in ``[low, high]`` of its
-    width, respecting ``min_channels`` and ``multiple_of``."""
+    width, respecting ``min_channels`` and ``multiple_of`` (and rounded to ``steps[group]`` when given:
+    the widths latency-aware pruning produces)."""
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"need 0 < low <= high <= 1 for random widths, got low={low}, high={high}")
     widths = {}
     for g in graph.prunable_groups:
-        m = max(int(g.multiple_of), 1)
+        m = max(int(g.multiple_of), 1, int((steps or {}).get(g.name, 1)))
         w = int(round(rng.uniform(low, high) * g.channels / m)) * m
         widths[g.name] = int(min(max(w, g.min_channels, m), g.channels))
     return widths
@@ -82,7 +84,21 @@ def calibrate(
 ) -> Calibration:
     """Measure the dense model and ``samples`` random slim variants and fit the calibration."""
     rng = np.random.default_rng(seed)
-    variants = [random_widths(graph, rng, low) for _ in range(samples)] if graph.prunable_groups else []
+    # The variants sit on each group's latency step, which is what latency-aware pruning produces. Off the
+    # step (on a CPU, off the vector/tile size) a layer runs markedly slower than the grid's interpolation
+    # says; fitting those widths would fold that penalty into the constant and over-predict the aligned
+    # models the pruner actually builds.
+    try:
+        from halp.grouping import group_steps
+
+        steps = group_steps(graph, table)
+    except Exception as exc:  # noqa: BLE001 - calibration must not fail on a step detection problem
+        logger.warning("calibration: no latency steps (%s); variants use unaligned widths", exc)
+        steps = {}
+    variants = (
+        [random_widths(graph, rng, low, steps=steps) for _ in range(samples)]
+        if graph.prunable_groups else []
+    )
     variants = [w for w in variants if any(w[g] < graph.group(g).channels for g in w)]
     try:
         from halp.surgery import prune_channels  # noqa: F401
