@@ -31,14 +31,16 @@ def assets(tmp_path_factory):
     return str(weights), str(root / "table.json")
 
 
-def recipe(assets, out, **prune) -> Recipe:
+def recipe(assets, out, extra=None, **prune) -> Recipe:
+    extra = extra or {}
     weights, table = assets
     return Recipe.from_dict({
         "model": "digits_resnet", "model_kwargs": SMALL, "weights": weights, "data": "digits", "table": table,
         "threads": 1, "prune": {"target": 0.5, "steps": 3, "interval": 3, **prune},
         "train": {"epochs": 1, "lr": 0.02, "batch_size": 64, "warmup_epochs": 0.0, "checkpoint_every": 2,
                   "log_every": 0},
-        "measure_repeats": 3, "plots": True, "out": str(out),
+        "measure_repeats": 3, "plots": True, "out": str(out), "corrections": 0,  # a fake table: no device check
+        **extra,
     })
 
 
@@ -115,3 +117,28 @@ def test_cli_prune_reports_bad_recipes_clearly(tmp_path, capsys):
 def test_schedule_longer_than_training_is_refused_before_training(assets, tmp_path):
     with pytest.raises(ValueError, match="schedule prunes until iteration"):
         run(recipe(assets, tmp_path, steps=30, interval=40), progress=False)
+
+
+def test_device_check_prunes_further_when_the_measured_ratio_misses(assets, tmp_path, monkeypatch):
+    """The table predicts, the device decides: a slim model measured over budget triggers a correction step."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    calls = []
+
+    def fake_measure(models, *args, **kwargs):  # dense 10 ms; the slim model 0.9 of dense, then 0.6
+        calls.append(len(models))
+        slim_ms = 9.0 if len(calls) == 1 else 6.0
+        return [LatencyStats(10.0, 0.1, 10.0, [10.0]), LatencyStats(slim_ms, 0.1, slim_ms, [slim_ms])]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    report = run(recipe(assets, tmp_path, extra={"corrections": 1, "correction_epochs": 1}, target=0.7),
+                 progress=False)
+    first, second = report["corrections"]
+    assert first["measured_ratio"] == pytest.approx(0.9) and first["budget_ratio"] == pytest.approx(0.7)
+    # the correction target scales the prediction by the measured miss, and the solve lands under it
+    assert first["corrected_target_ms"] == pytest.approx(first["predicted_ms"] * 0.7 / 0.9 * 0.99)
+    assert first["corrected_predicted_ms"] <= first["corrected_target_ms"] * (1 + 1e-9)
+    assert second["measured_ratio"] == pytest.approx(0.6)  # within budget: no further step
+    assert len(report["steps"]) == 4  # the 3 scheduled steps + 1 correction
+    assert report["pruned"]["accuracy"] == pytest.approx(report["pruned"]["masked_accuracy"], abs=1e-9)

@@ -145,11 +145,16 @@ class Pruner:
             return None
         return self.prune_now()
 
-    def prune_now(self) -> StepResult:
-        """Solves the next pruning step from the importance gathered so far and updates the masks."""
+    def prune_now(self, target_ms: float | None = None) -> StepResult:
+        """Solves the next pruning step from the importance gathered so far and updates the masks.
+
+        Args:
+            target_ms: overrides the schedule's target, e.g. for a correction step after the schedule when
+                the slim model measured on the device misses the budget the table predicted it meets.
+        """
         self.importance.all_reduce()
         scores = self.importance.scores()
-        target = self.targets[self.pruning_step]
+        target = self.targets[min(self.pruning_step, len(self.targets) - 1)] if target_ms is None else target_ms
         offers, ranked = [], {}
         for group in self.groups:
             kept = self.keep[group.name]

@@ -42,6 +42,10 @@ class Recipe:
         method: ``halp`` (the knapsack) or a baseline: ``uniform``, ``taylor-flops`` (with ``flops_target``).
         prune: :class:`PruneConfig` fields; train: :class:`halp.train.TrainConfig` fields for fine-tuning.
         dense_train: TrainConfig fields for training the dense model when no weights are given.
+        corrections: after the schedule, the slim model is measured against the dense one on this device;
+            when the measured ratio misses the budget by more than ``correction_tolerance``, up to this many
+            correction steps prune further (target scaled by the measured miss) and fine-tune
+            ``correction_epochs`` more. 0 trusts the table alone (the paper's behaviour).
         out: the output directory.
     """
 
@@ -61,6 +65,9 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)
     dense_train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 5})
     measure_repeats: int = 50
+    corrections: int = 1
+    correction_tolerance: float = 0.02
+    correction_epochs: int = 2
     plots: bool = True
     out: str = "runs/halp"
 
@@ -69,6 +76,10 @@ class Recipe:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ValueError(f"batch must be a positive integer, got {self.batch!r}")
+        if not isinstance(self.corrections, int) or self.corrections < 0:
+            raise ValueError(f"corrections must be a non-negative integer, got {self.corrections!r}")
+        if not 0 <= self.correction_tolerance < 1:
+            raise ValueError(f"correction_tolerance must be in [0, 1), got {self.correction_tolerance}")
         if not 0 < self.flops_target <= 1:
             raise ValueError(f"flops_target must be in (0, 1], got {self.flops_target}")
         # validate the nested configs now, not after an hour of dense training

@@ -153,15 +153,17 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
                    scheduler=scheduler, test_loader=None, progress=progress)
     hooks.save(result["step"])
 
+    dense = _dense_reference(out)
+    corrections = _verify_on_device(recipe, pruner, model, dense, example, train_loader, tcfg, progress)
     model.eval()
     masked_acc = evaluate(model, test_loader)["accuracy"]
     slim = pruner.finalize().eval()
     attach_spec(slim, pruner.widths(), tuple(example.shape))
     pruned_acc = evaluate(slim, test_loader)["accuracy"]
-    dense = _dense_reference(out)
     stats = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
                          repeats=recipe.measure_repeats)
     report = pruner.report()
+    report["corrections"] = corrections
     report.update(
         format="halp-report",
         method=recipe.method,
@@ -186,6 +188,67 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
             plot_report(report, out)
     cleanup_distributed()
     return report
+
+
+class _MaskHooks:
+    """Fine-tuning after the schedule: keep pruned channels at zero, nothing else."""
+
+    def __init__(self, pruner: Any) -> None:
+        self.pruner = pruner
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.pruner.apply_masks()
+
+
+def _verify_on_device(
+    recipe: Recipe, pruner: Any, model: nn.Module, dense: nn.Module, example: torch.Tensor, train_loader: Any,
+    tcfg: Any, progress: bool,
+) -> list[dict[str, Any]]:
+    """Measures the slim model against the dense one; prunes further where the table was optimistic.
+
+    The table predicts; the device decides. When the measured latency ratio misses the budget ratio by more
+    than the tolerance, one more pruning step runs with its target scaled by the measured miss (importance
+    from ``interval`` fresh minibatches), followed by ``correction_epochs`` of fine-tuning.
+    """
+    from dataclasses import replace
+
+    from halp.latency import measure_many
+    from halp.train import train
+
+    budget = pruner.final_ms / pruner.dense_ms  # the budget as a ratio of dense latency
+    records: list[dict[str, Any]] = []
+    for attempt in range(recipe.corrections + 1):
+        slim = pruner.finalize().eval()
+        a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
+                            repeats=recipe.measure_repeats)
+        ratio = b.median_ms / a.median_ms
+        record = {"attempt": attempt, "measured_ratio": ratio, "budget_ratio": budget,
+                  "predicted_ms": pruner.predict(pruner.widths())}
+        records.append(record)
+        if ratio <= budget * (1 + recipe.correction_tolerance) or attempt == recipe.corrections:
+            break
+        target = record["predicted_ms"] * budget / ratio * (1 - recipe.correction_tolerance / 2)
+        log.info("measured ratio %.3f misses the budget %.3f: correction step to %.3f ms predicted",
+                 ratio, budget, target)
+        model.train()
+        pruner.importance.reset()
+        for i, (x, y) in enumerate(train_loader):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            pruner.importance.accumulate()
+            model.zero_grad(set_to_none=True)
+            if i + 1 >= pruner.config.interval:
+                break
+        try:
+            result = pruner.prune_now(target)
+        except ValueError as exc:  # the table says nothing smaller is allowed: report, do not fail the run
+            log.warning("no correction possible: %s", exc)
+            record["correction_error"] = str(exc)
+            break
+        record["corrected_target_ms"] = target
+        record["corrected_predicted_ms"] = result.predicted_ms
+        cfg = replace(tcfg, epochs=recipe.correction_epochs, lr=tcfg.lr / 2, warmup_epochs=0.0, checkpoint_every=0)
+        train(model, train_loader, cfg, hooks=_MaskHooks(pruner), progress=progress)
+    return records
 
 
 def _dense_reference(out: Path) -> nn.Module:
