@@ -57,7 +57,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     graph = halp.build_graph(model, x)
     rng = np.random.default_rng(args.seed)
-    widths = [random_widths(graph, rng, args.low, 1.0) for _ in range(args.variants)]
+    steps = None
+    if args.aligned:  # the widths latency-aware pruning produces: multiples of each group's latency step
+        from halp.grouping import group_steps
+
+        steps = group_steps(graph, table)
+    widths = [random_widths(graph, rng, args.low, 1.0, steps=steps) for _ in range(args.variants)]
     variants = [slim_variant(model, graph, w) for w in widths]
     predicted_dense = predict_latency(model, x, table)
     predicted = []
@@ -87,6 +92,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "table_reused": reused,
         "table_build_s": build_s,
         "table_entries": len(table.entries),
+        "aligned_to_steps": bool(args.aligned),
         "calibration": {"a": table.calibration.a, "b": table.calibration.b, "c": table.calibration.c,
                         "method": table.calibration.method},
         "dense": {"predicted_ms": predicted_dense, "measured_ms": measured_dense, "iqr_ms": stats[0].iqr_ms},
@@ -142,7 +148,8 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
         f"Machine: {cpu_model_name()}, torch {torch.__version__}, torch-cpu, {args.threads} threads, "
         f"batch {args.batch}, {args.size}x{args.size}; {datetime.now(timezone.utc):%Y-%m-%d}.  ",
         f"{args.variants} random prunings per model (each prunable group keeps a uniform {int(100 * args.low)}-100% "
-        "of its channels); predicted from the table vs measured end to end (dense and variants interleaved).",
+        f"of its channels{', rounded to its latency step' if args.aligned else ''}); predicted from the table vs "
+        "measured end to end (dense and variants interleaved).",
         "",
         "| model | table build (s) | dense measured / predicted (ms) | Pearson r of reductions | "
         "median abs rel err | p90 abs rel err | calibration a, b, c |",
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1234, help="random widths (the table's calibration uses its own)")
+    ap.add_argument("--aligned", action="store_true",
+                    help="round the random widths to each group's latency step (as the pruner does)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/results.md")
     ap.add_argument("--quiet", action="store_true")
