@@ -19,6 +19,7 @@ from torch import nn
 from halp.allocation import GroupOffer, StepResult, solve_step
 from halp.config import PruneConfig
 from halp.graph import build_graph
+from halp.graph.trace import normalize_inputs
 from halp.graph.types import ChannelGraph, ChannelGroup
 from halp.grouping import block_sizes, group_steps
 from halp.importance import ImportanceAccumulator
@@ -28,10 +29,6 @@ from halp.schedule import exponential_targets, pruning_iterations
 from halp.surgery import mask_channels, prune_channels
 
 log = logging.getLogger(__name__)
-
-
-def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
 class Pruner:
@@ -57,7 +54,7 @@ class Pruner:
     ) -> None:
         self.model = model
         self.config = config or PruneConfig()
-        self.example_inputs = _as_tuple(example_inputs)
+        self.example_inputs = normalize_inputs(example_inputs)
         self.table = table
         self.graph: ChannelGraph = build_graph(model, self.example_inputs)
         table.check_compatible(batch=int(self.example_inputs[0].shape[0]))

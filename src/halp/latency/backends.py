@@ -47,17 +47,10 @@ def cpu_model_name() -> str:
 
 
 def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise ValueError(
-        "example_inputs must be a tensor or a non-empty tuple of tensors, e.g. torch.randn(1, 3, 224, 224); "
-        f"got {type(example_inputs).__name__}"
-    )
+    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple (the graph's rule)."""
+    from halp.graph.trace import normalize_inputs
+
+    return normalize_inputs(example_inputs)
 
 
 class Backend(ABC):
