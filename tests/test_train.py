@@ -6,9 +6,6 @@ import json
 import math
 import os
 import pickle
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -26,6 +23,8 @@ from halp.train import (
     save_checkpoint,
     train,
 )
+
+from distributed import torchrun
 
 
 def tiny_cnn(size: int = 8, dropout: float = 0.0) -> nn.Module:
@@ -277,19 +276,10 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(script, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["main"] and not r1["main"]
