@@ -86,6 +86,9 @@ class CellStore:
         key = self.key(params)
         cell = {"params": json.loads(key), "result": json.loads(json.dumps(dict(result)))}
         self._cells[key] = cell
+        self._write()
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": self.FORMAT, "experiment": self.experiment, "cells": self._cells}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
@@ -96,6 +99,15 @@ class CellStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def drop(self, match: Callable[[dict[str, Any]], bool]) -> int:
+        """Forgets the cells whose parameters satisfy ``match`` (e.g. to measure again); returns how many."""
+        gone = [k for k, c in self._cells.items() if match(c["params"])]
+        for k in gone:
+            del self._cells[k]
+        if gone:
+            self._write()
+        return len(gone)
 
     def run(self, params: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
         """The stored result of ``params``, computing and storing it first if the cell is not finished."""

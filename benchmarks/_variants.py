@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from _experiment import ROOT, CellStore, Context, load_slim, mean, measure, std
+from _experiment import ROOT, CellStore, Context, load_slim, mean, measure_joint, std
 
 
 def run_variants(
@@ -41,7 +41,7 @@ def run_variants(
 
     def joint() -> dict[str, Any]:
         models = [ctx.dense] + [load_slim(ROOT / cells[label]["model_dir"]) for label in ok]
-        ms = measure(models, ctx.x, ctx.p, repeats=2 * ctx.p.measure_repeats)
+        ms = measure_joint(models, ctx.x, ctx.p)
         return {"dense_ms": ms[0], "latency_ms": dict(zip(ok, ms[1:]))}
 
     measured = store.run({**base, "measure": ok}, joint)

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
     store = ex.CellStore(ex.RESULTS / "cells" / f"grouping-{p.name}.json", EXPERIMENT)
+    if args.remeasure:
+        store.drop(lambda c: "measure" in c and c.get("preset") == p.name)
     variants = {str(s): {"grouping": s} for s in SIZES}
     rows = []
     auto_steps = {}

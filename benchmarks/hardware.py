@@ -58,7 +58,7 @@ def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str]) -> dict
     for on in backends:
         def joint(on: str = on) -> dict[str, Any]:
             models = [ctx.dense] + [ex.load_slim(ex.ROOT / cells[b]["model_dir"]) for b in ok]
-            ms = ex.measure(models, ctx.x, p, backend=on, repeats=2 * p.measure_repeats)
+            ms = ex.measure_joint(models, ctx.x, p, backend=on)
             return {"dense_ms": ms[0], "latency_ms": dict(zip(ok, ms[1:]))}
 
         measured[on] = store.run({**base, "measure_on": on, "models": ok}, joint)
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--cuda needs a CUDA GPU; none is visible to torch")
         backends.append("torch-cuda")
     store = ex.CellStore(ex.RESULTS / "cells" / f"hardware-{p.name}.json", EXPERIMENT)
+    if args.remeasure:
+        store.drop(lambda c: "measure_on" in c and c.get("preset") == p.name)
     results = []
     for model in p.ablation_models:
         for seed in p.ablation_seeds:

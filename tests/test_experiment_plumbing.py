@@ -128,3 +128,14 @@ def test_schedule_spreads_steps_over_the_span_and_rejects_overfull() -> None:
     with pytest.raises(ValueError, match="threads"):
         ex.preset(True, threads=0)
     assert ex.preset(True, threads=3).threads == 3 and ex.preset(False).seeds == (0, 1, 2)
+
+
+def test_store_drop_forgets_matching_cells_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "cells.json"
+    store = ex.CellStore(path, "demo")
+    store.put({"budget": 0.5, "method": "halp"}, {"accuracy": 0.7})
+    store.put({"budget": 0.5, "measure": ["halp"]}, {"dense_ms": 2.0})
+    assert store.drop(lambda c: "measure" in c) == 1
+    again = ex.CellStore(path, "demo")
+    assert len(again) == 1 and {"budget": 0.5, "method": "halp"} in again
+    assert again.drop(lambda c: False) == 0
