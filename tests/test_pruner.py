@@ -183,3 +183,23 @@ def test_flops_baseline_meets_its_macs_target(table):
     assert count_macs(p.graph, p.widths()) <= 0.5 * p.dense_macs
     # removing one channel less would be over the target somewhere: it stops as soon as it is met
     assert count_macs(p.graph, p.widths()) >= 0.4 * p.dense_macs
+
+
+def test_floor_check_uses_the_grouping_blocks(table):
+    """With a fixed block size the narrowest reachable width is one block: the constructor must know it."""
+    cfg = halp.PruneConfig(target=0.5, steps=1, interval=1, grouping=16, protect_stem=False)
+    pruner_floor = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.99, grouping=16, protect_stem=False))
+    floor = {g.name: pruner_floor._floor_width(g) for g in pruner_floor.groups}
+    assert all(w == min(16, pruner_floor.graph.group(n).channels) for n, w in floor.items())
+    floor_ratio = pruner_floor.predict(floor) / pruner_floor.dense_ms
+    if floor_ratio > 0.5:
+        with pytest.raises(ValueError, match="unreachable"):
+            halp.Pruner(make_model(), X, table, cfg)
+    tight = halp.PruneConfig(target=floor_ratio * 0.999, steps=1, interval=1, grouping=16, protect_stem=False)
+    with pytest.raises(ValueError, match="unreachable"):
+        halp.Pruner(make_model(), X, table, tight)
+    ok = halp.PruneConfig(target=min(1.0, floor_ratio * 1.01), steps=1, interval=1, grouping=16, protect_stem=False)
+    model = make_model()
+    pruner = halp.Pruner(model, X, table, ok)
+    run_loop(model, pruner, batches(1))  # the step the constructor admitted is solvable
+    assert pruner.predict(pruner.widths()) <= pruner.final_ms

@@ -79,7 +79,7 @@ class Pruner:
         self.final_ms = (
             float(self.config.target_ms) if self.config.target_ms is not None else self.config.target * self.dense_ms
         )
-        floor = {g.name: self.min_width[g.name] for g in self.groups}
+        floor = {g.name: self._floor_width(g) for g in self.groups}
         floor_ms = self.predict(floor)
         if floor_ms > self.final_ms:
             raise ValueError(
@@ -116,6 +116,13 @@ class Pruner:
         floor = min(floor, group.channels)
         multiple = max(group.multiple_of, 1)
         return int(math.ceil(floor / multiple) * multiple) if floor else 0
+
+    def _floor_width(self, group: ChannelGroup) -> int:
+        """The narrowest width the knapsack can reach: its first block (a whole latency step) or zero."""
+        minimum = self.min_width[group.name]
+        if minimum == 0:
+            return 0
+        return block_sizes(group.channels, self.steps_per_group[group.name], minimum)[0]
 
     def widths(self) -> dict[str, int]:
         """Kept channels per pruned group now."""
