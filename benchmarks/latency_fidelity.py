@@ -46,11 +46,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = halp.models.create(name).eval()
     x = torch.randn(args.batch, *halp.models.input_size(name)[:1], args.size, args.size)
-    table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}.json"
+    clock = "" if args.clock == "wall" else f"_{args.clock}clock"
+    table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}{clock}.json"
     reused = table_path.exists()
     t0 = time.perf_counter()
     table = halp.profile(model, x, backend="torch-cpu", threads=args.threads, path=table_path,
-                         progress=not args.quiet, name=name)
+                         progress=not args.quiet, name=name, clock=args.clock)
     call_s = time.perf_counter() - t0
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
@@ -76,7 +77,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     load_before = os.getloadavg()[0]
     stats = measure_many([model, *variants], x, backend="torch-cpu", threads=args.threads, warmup=args.warmup,
-                         repeats=args.repeats, rounds=args.rounds)
+                         repeats=args.repeats, rounds=args.rounds, clock=args.clock)
     measure_s = time.perf_counter() - t1
     measured_dense = stats[0].median_ms
     measured = np.array([s.median_ms for s in stats[1:]])
@@ -122,7 +123,8 @@ def scatter(results: list[dict[str, Any]], path: Path) -> None:
         m = np.array([v["measured_ms"] for v in r["variants"]])
         p = np.array([v["predicted_ms"] for v in r["variants"]])
         ax.scatter(dm - m, dp - p, s=18, color="tab:blue", alpha=0.8)
-        lim = [0, 1.05 * max(np.max(dm - m), np.max(dp - p))]
+        lo, hi = min(0.0, np.min(dm - m), np.min(dp - p)), max(np.max(dm - m), np.max(dp - p))
+        lim = [lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)]
         ax.plot(lim, lim, "--", color="gray", lw=1, label="y = x")
         ax.set_xlabel("measured latency reduction (ms)")
         ax.set_ylabel("predicted latency reduction (ms)")
@@ -136,20 +138,29 @@ def scatter(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(str(path), dpi=150, bbox_inches="tight")
 
 
+def section_title(args: argparse.Namespace) -> str:
+    """One docs section per measurement kind: the default (wall clock) and the thread-clock check."""
+    suffix = "" if args.clock == "wall" else f", {args.threads} thread(s), {args.clock} clock (diagnostic)"
+    return f"## Latency fidelity (paper Fig. 13){suffix}"
+
+
 def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fig: Path, js: Path) -> None:
     md = ROOT / "docs" / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
     text = md.read_text(encoding="utf-8") if md.exists() else "# halp results\n"
-    cmd = "python benchmarks/latency_fidelity.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/latency_fidelity.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
+    clock_note = ("" if args.clock == "wall" else
+                  " Times are the CPU time of the (single) working thread, which other processes cannot inflate:"
+                  " a check of the predictor on a shared machine, not a latency.")
     lines = [
-        "## Latency fidelity (paper Fig. 13)",
+        section_title(args),
         "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {cpu_model_name()}, torch {torch.__version__}, torch-cpu, {args.threads} threads, "
         f"batch {args.batch}, {args.size}x{args.size}; {datetime.now(timezone.utc):%Y-%m-%d}.  ",
         f"{args.variants} random prunings per model (each prunable group keeps a uniform {int(100 * args.low)}-100% "
         f"of its channels{', rounded to its latency step' if args.aligned else ''}); predicted from the table vs "
-        "measured end to end (dense and variants interleaved).",
+        f"measured end to end (dense and variants interleaved).{clock_note}",
         "",
         "| model | table build (s) | dense measured / predicted (ms) | Pearson r of reductions | "
         "median abs rel err | p90 abs rel err | calibration a, b, c |",
@@ -162,12 +173,14 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
             f"{r['dense']['measured_ms']:.1f} / {r['dense']['predicted_ms']:.1f} | {r['pearson_r_reduction']:.4f} | "
             f"{100 * r['median_abs_rel_error']:.2f}% | {100 * r['p90_abs_rel_error']:.2f}% | "
             f"{c['a']:.3f}, {c['b']:.3f}, {c['c']:.2f} ms |")
-    loads = ", ".join(f"{r['model']} {r['load_average_1min'][0]:.1f}-{r['load_average_1min'][1]:.1f}" for r in results)
-    lines += ["", f"1-minute load average while measuring (2 cores): {loads}.",
+    load = {r["model"]: r.get("load_average_1min", [float("nan")] * 2) for r in results}
+    loads = ", ".join(f"{m} {a:.1f}-{b:.1f}" for m, (a, b) in load.items())
+    note = [f"Note: {args.note}"] if args.note else []
+    lines += ["", f"1-minute load average while measuring (2 cores): {loads}.", *note,
               "Acceptance: median abs rel error <= 5% and r >= 0.98 on both models; ResNet-50 table <= 15 min.",
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
-    pattern = re.compile(r"## Latency fidelity \(paper Fig\. 13\)\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(re.escape(section_title(args)) + r"\n.*?(?=\n## |\Z)", re.S)
     text = pattern.sub(lambda _: section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
@@ -187,18 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aligned", action="store_true",
                     help="round the random widths to each group's latency step (as the pruner does)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: CPU time of the working thread (needs --threads 1), a check on a shared machine")
+    ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. machine conditions)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redraw the figure and the docs section from the JSON of a previous run, measure nothing")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/results.md")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
-    results = [run_model(name, args) for name in args.models]
     out = Path(args.out)
-    fig = out / "latency_fidelity.png"
-    js = out / "latency_fidelity.json"
+    stem = "latency_fidelity" if args.clock == "wall" else f"latency_fidelity_{args.clock}clock"
+    fig = out / f"{stem}.png"
+    js = out / f"{stem}.json"
+    if args.report_only:
+        results = json.loads(js.read_text(encoding="utf-8"))["results"]
+    else:
+        results = [run_model(name, args) for name in args.models]
+        meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model_name(),
+                "torch": torch.__version__, "python": platform.python_version(), "args": vars(args)}
+        js.write_text(json.dumps({"meta": meta, "results": results}, indent=1), encoding="utf-8")
     scatter(results, fig)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model_name(),
-            "torch": torch.__version__, "python": platform.python_version(), "args": vars(args)}
-    js.write_text(json.dumps({"meta": meta, "results": results}, indent=1), encoding="utf-8")
     if not args.no_docs:
         write_results_md(results, args, fig, js)
     for r in results:

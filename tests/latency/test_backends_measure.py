@@ -58,6 +58,9 @@ def test_backends_time_layers_ops_and_restore_threads(backend):
 
 
 def test_backend_argument_errors():
+    with pytest.raises(ValueError, match="thread clock.*threads=1"):
+        with get_backend("torch-cpu", threads=2, settings=TimingSettings(clock="thread")):
+            pass
     with pytest.raises(ValueError, match="float32 only"):
         get_backend("onnxruntime", dtype="float16")
     with pytest.raises(ValueError, match="dtype"):

@@ -46,7 +46,20 @@ def test_time_interleaved_round_robin():
     assert timed == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
 
 
+def test_thread_clock_ignores_time_off_cpu():
+    import time
+
+    def nap() -> None:
+        time.sleep(0.01)  # sleeping uses no CPU
+
+    wall = time_callable(nap, TimingSettings(0, 0, 3, 0, clock="wall"))
+    cpu = time_callable(nap, TimingSettings(0, 0, 3, 0, clock="thread"))
+    assert wall.median_ms >= 10.0 > 5.0 > cpu.median_ms
+
+
 def test_timing_settings_validation():
+    with pytest.raises(ValueError, match="clock"):
+        TimingSettings(clock="cycles")
     with pytest.raises(ValueError, match="repeats"):
         TimingSettings(repeats=0)
     with pytest.raises(ValueError, match="max_repeats"):

@@ -152,3 +152,16 @@ def test_disturbed_points_are_retaken(tiny, fake_backend):
     for call in be.layer_calls:
         counts[call] = counts.get(call, 0) + 1
     assert max(counts.values()) <= 1 + SETTINGS.get("retries", 2)
+
+
+def test_calibration_uses_the_end_to_end_timing_settings(tiny, fake_backend):
+    class Recording(fake_backend):
+        def time_models(self, *args, **kwargs):
+            self.model_settings = self.settings
+            return super().time_models(*args, **kwargs)
+
+    model, x = tiny
+    be = Recording()
+    profile(model, x, backend=be, progress=False, e2e_warmup=3, e2e_repeats=7, **SETTINGS)
+    assert (be.model_settings.warmup, be.model_settings.repeats) == (3, 7)
+    assert be.settings.repeats == 15  # single layers keep theirs

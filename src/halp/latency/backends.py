@@ -71,6 +71,11 @@ class Backend(ABC):
         self._saved_threads: list[int] = []
 
     def __enter__(self) -> "Backend":
+        if self.settings.clock == "thread" and (self.threads != 1 or self.name == "torch-cuda"):
+            raise ValueError(
+                "the thread clock counts only the calling thread's CPU time: use it with threads=1 on a CPU "
+                f"backend (got {self.name} with {self.threads} threads)"
+            )
         self._saved_threads.append(torch.get_num_threads())
         torch.set_num_threads(self.threads)
         return self

@@ -24,6 +24,7 @@ from halp.latency.fit import fit_calibration
 from halp.latency.predict import features
 from halp.latency.store import MeasurementStore
 from halp.latency.table import Calibration, LatencyTable
+from halp.latency.timing import TimingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def calibrate(
     low: float,
     rounds: int,
     seed: int,
+    timing: TimingSettings | None = None,
     on_measured: Any = None,
 ) -> Calibration:
     """Measure the dense model and ``samples`` random slim variants and fit the calibration."""
@@ -111,7 +113,12 @@ def calibrate(
     keys = [f"E|{gh}|{widths_hash(w)}" for w in all_widths]
     if not all(k in store for k in keys):
         models = [model] + [slim_variant(model, graph, w) for w in variants]
-        stats = backend.time_models(models, inputs, rounds=rounds)
+        saved = backend.settings
+        backend.settings = timing or saved  # whole networks: fewer, longer runs than single layers
+        try:
+            stats = backend.time_models(models, inputs, rounds=rounds)
+        finally:
+            backend.settings = saved
         for key, st in zip(keys, stats):
             store.put(key, [st.median_ms, st.iqr_ms])
         if on_measured is not None:

@@ -25,6 +25,7 @@ def measure_latency(
     *,
     dtype: str = "float32",
     rounds: int = 1,
+    clock: str = "wall",
 ) -> LatencyStats:
     """Measure the latency of one forward pass of ``model``.
 
@@ -38,11 +39,14 @@ def measure_latency(
         dtype: precision to run in (torch backends).
         rounds: split the repeats into this many rounds (only matters when comparing several models;
             see :func:`measure_many`).
+        clock: ``"wall"`` (latency) or ``"thread"`` (CPU time of the calling thread, threads=1 only: a
+            diagnostic on shared machines, see :class:`TimingSettings`).
 
     Returns:
         median, interquartile range, mean and all samples, in ms; ``float(stats)`` is the median.
     """
-    return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds)[0]
+    return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds,
+                        clock=clock)[0]
 
 
 def measure_many(
@@ -55,6 +59,7 @@ def measure_many(
     *,
     dtype: str = "float32",
     rounds: int = 5,
+    clock: str = "wall",
 ) -> list[LatencyStats]:
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
 
@@ -65,7 +70,8 @@ def measure_many(
     for name, v in (("warmup", warmup), ("repeats", repeats), ("rounds", rounds)):
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
             raise ValueError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {v!r}")
-    settings = TimingSettings(warmup=warmup, warmup_ms=200.0, repeats=repeats, min_time_ms=0.0, max_repeats=repeats)
+    settings = TimingSettings(warmup=warmup, warmup_ms=200.0, repeats=repeats, min_time_ms=0.0, max_repeats=repeats,
+                              clock=clock)
     be = get_backend(backend, dtype=dtype, threads=threads, settings=settings)
     if isinstance(backend, Backend):
         be.settings = settings

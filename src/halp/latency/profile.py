@@ -46,6 +46,8 @@ class ProfileSettings:
         calibration_low: their widths are uniform in ``[calibration_low, 1]`` of each group.
         calibration_rounds: interleaved rounds of end-to-end timing.
         e2e_warmup, e2e_repeats: warm-up calls and timed calls per model in the calibration.
+        clock: ``"wall"`` or ``"thread"`` (CPU time of the calling thread; threads=1 only; see
+            :class:`TimingSettings`), for every timing of the run.
         retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
             of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
@@ -66,6 +68,7 @@ class ProfileSettings:
     e2e_repeats: int = 30
     retries: int = 2
     outlier_threshold: float = 1.5
+    clock: str = "wall"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,10 +89,10 @@ class ProfileSettings:
             raise ValueError(f"calibration_low must be in (0, 1], got {self.calibration_low}")
 
     def timing(self) -> TimingSettings:
-        return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats)
+        return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats, self.clock)
 
     def e2e_timing(self) -> TimingSettings:
-        return TimingSettings(self.e2e_warmup, 10 * self.warmup_ms, self.e2e_repeats, 0.0, self.e2e_repeats)
+        return TimingSettings(self.e2e_warmup, 10 * self.warmup_ms, self.e2e_repeats, 0.0, self.e2e_repeats, self.clock)
 
 
 def _rebatch(inputs: tuple[torch.Tensor, ...], batch: int | None) -> tuple[torch.Tensor, ...]:
@@ -306,7 +309,8 @@ def profile(
             bar.set_postfix_str("calibration", refresh=False)
             table.calibration = calibrate(
                 model, inputs, graph, table, be, store, samples=cfg.calibration_samples,
-                low=cfg.calibration_low, rounds=cfg.calibration_rounds, seed=cfg.seed, on_measured=bar.update,
+                low=cfg.calibration_low, rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(),
+                on_measured=bar.update,
             )
     finally:
         store.flush()
