@@ -46,12 +46,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = halp.models.create(name).eval()
     x = torch.randn(args.batch, *halp.models.input_size(name)[:1], args.size, args.size)
-    clock = "" if args.clock == "wall" else f"_{args.clock}clock"
+    clock = ("" if args.clock == "wall" else f"_{args.clock}clock") + ("" if args.statistic == "median" else
+                                                                      f"_{args.statistic}")
     table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}{clock}.json"
     reused = table_path.exists()
     t0 = time.perf_counter()
     table = halp.profile(model, x, backend="torch-cpu", threads=args.threads, path=table_path,
-                         progress=not args.quiet, name=name, clock=args.clock)
+                         progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic)
     call_s = time.perf_counter() - t0
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
@@ -79,13 +80,6 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     stats = measure_many([model, *variants], x, backend="torch-cpu", threads=args.threads, warmup=args.warmup,
                          repeats=args.repeats, rounds=args.rounds, clock=args.clock)
     measure_s = time.perf_counter() - t1
-    measured_dense = stats[0].median_ms
-    measured = np.array([s.median_ms for s in stats[1:]])
-    predicted_arr = np.array(predicted)
-    rel = np.abs(predicted_arr - measured) / measured
-    red_m = measured_dense - measured
-    red_p = predicted_dense - predicted_arr
-    pearson = float(np.corrcoef(red_p, red_m)[0, 1]) if len(measured) > 1 else float("nan")
     out = {
         "model": name,
         "input": list(x.shape),
@@ -96,21 +90,56 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "aligned_to_steps": bool(args.aligned),
         "calibration": {"a": table.calibration.a, "b": table.calibration.b, "c": table.calibration.c,
                         "method": table.calibration.method},
-        "dense": {"predicted_ms": predicted_dense, "measured_ms": measured_dense, "iqr_ms": stats[0].iqr_ms},
-        "pearson_r_reduction": pearson,
-        "median_abs_rel_error": float(np.median(rel)),
-        "p90_abs_rel_error": float(np.percentile(rel, 90)),
-        "mean_signed_rel_error": float(np.mean((predicted_arr - measured) / measured)),
+        "dense": {"predicted_ms": predicted_dense, "measured_ms": stats[0].summary(args.statistic),
+                  "iqr_ms": stats[0].iqr_ms},
+        "statistic": args.statistic,
         "measure_s": measure_s,
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after measuring
         "variants": [
-            {"widths": w, "predicted_ms": float(p), "measured_ms": float(s.median_ms), "iqr_ms": float(s.iqr_ms)}
+            {"widths": w, "predicted_ms": float(p), "measured_ms": s.summary(args.statistic), "iqr_ms": float(s.iqr_ms)}
             for w, p, s in zip(widths, predicted, stats[1:])
         ],
     }
-    log.info("%s: r=%.4f  median |rel err|=%.2f%%  p90=%.2f%%  dense %.1f ms (pred %.1f)", name, pearson,
-             100 * out["median_abs_rel_error"], 100 * out["p90_abs_rel_error"], measured_dense, predicted_dense)
+    add_metrics(out)
+    log.info("%s: r=%.4f  median |rel err|=%.2f%%  p90=%.2f%%  dense %.1f ms (pred %.1f)", name,
+             out["pearson_r_reduction"], 100 * out["median_abs_rel_error"], 100 * out["p90_abs_rel_error"],
+             out["dense"]["measured_ms"], predicted_dense)
     return out
+
+
+def add_metrics(out: dict[str, Any]) -> None:
+    """Pearson r of the reductions (dense - variant) and the relative errors of the latencies."""
+    measured = np.array([v["measured_ms"] for v in out["variants"]])
+    predicted = np.array([v["predicted_ms"] for v in out["variants"]])
+    rel = np.abs(predicted - measured) / measured
+    red_m = out["dense"]["measured_ms"] - measured
+    red_p = out["dense"]["predicted_ms"] - predicted
+    out["pearson_r_reduction"] = float(np.corrcoef(red_p, red_m)[0, 1]) if len(measured) > 1 else float("nan")
+    out["median_abs_rel_error"] = float(np.median(rel))
+    out["p90_abs_rel_error"] = float(np.percentile(rel, 90))
+    out["mean_signed_rel_error"] = float(np.mean((predicted - measured) / measured))
+
+
+def repredict(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Predict a previous run's variants again with the current predictor (and its calibration refitted
+    from the table's stored samples); the measurements are kept as they were."""
+    from halp.latency.calibrate import refit
+
+    path = ROOT / r["table"] if not Path(r["table"]).is_absolute() else Path(r["table"])
+    table = halp.LatencyTable.load(path)
+    model = halp.models.create(r["model"]).eval()
+    x = torch.randn(*r["input"])
+    graph = halp.build_graph(model, x)
+    refit(table, graph)
+    table.save(path)
+    r["dense"]["predicted_ms"] = predict_latency(model, x, table)
+    for v in r["variants"]:
+        v["predicted_ms"] = predict_from_widths(graph, table, v["widths"])
+    c = table.calibration
+    r["calibration"] = {"a": c.a, "b": c.b, "c": c.c, "method": c.method}
+    r["repredicted"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    add_metrics(r)
+    return r
 
 
 def scatter(results: list[dict[str, Any]], path: Path) -> None:
@@ -141,6 +170,8 @@ def scatter(results: list[dict[str, Any]], path: Path) -> None:
 def section_title(args: argparse.Namespace) -> str:
     """One docs section per measurement kind: the default (wall clock) and the thread-clock check."""
     suffix = "" if args.clock == "wall" else f", {args.threads} thread(s), {args.clock} clock (diagnostic)"
+    if args.statistic != "median":
+        suffix += f", {args.statistic} of the samples"
     return f"## Latency fidelity (paper Fig. 13){suffix}"
 
 
@@ -148,7 +179,14 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
     md = ROOT / "docs" / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
     text = md.read_text(encoding="utf-8") if md.exists() else "# halp results\n"
-    cmd = "python benchmarks/latency_fidelity.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
+    argv, shown = sys.argv[1:], []
+    while argv:  # the measuring command: without the re-reporting flags
+        a = argv.pop(0)
+        if a == "--note":
+            argv = argv[1:]
+        elif a not in ("--report-only", "--repredict", "--no-docs"):
+            shown.append(a)
+    cmd = "python benchmarks/latency_fidelity.py " + " ".join(shown)
     clock_note = ("" if args.clock == "wall" else
                   " Times are the CPU time of the (single) working thread, which other processes cannot inflate:"
                   " a check of the predictor on a shared machine, not a latency.")
@@ -181,7 +219,10 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
     pattern = re.compile(re.escape(section_title(args)) + r"\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
@@ -202,19 +243,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="thread: CPU time of the working thread (needs --threads 1), a check on a shared machine")
+    ap.add_argument("--statistic", default="median",
+                    help="median, or a low percentile such as p10 on a machine shared with other jobs "
+                         "(tables and measurements alike)")
     ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. machine conditions)")
     ap.add_argument("--report-only", action="store_true",
                     help="redraw the figure and the docs section from the JSON of a previous run, measure nothing")
+    ap.add_argument("--repredict", action="store_true",
+                    help="with --report-only: predict the stored variants again with the current predictor")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/results.md")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     out = Path(args.out)
-    stem = "latency_fidelity" if args.clock == "wall" else f"latency_fidelity_{args.clock}clock"
+    stem = "latency_fidelity" + ("" if args.clock == "wall" else f"_{args.clock}clock") + (
+        "" if args.statistic == "median" else f"_{args.statistic}")
     fig = out / f"{stem}.png"
     js = out / f"{stem}.json"
     if args.report_only:
-        results = json.loads(js.read_text(encoding="utf-8"))["results"]
+        saved = json.loads(js.read_text(encoding="utf-8"))
+        results = saved["results"]
+        if args.repredict:
+            results = [repredict(r, args) for r in results]
+            js.write_text(json.dumps({**saved, "results": results}, indent=1), encoding="utf-8")
     else:
         results = [run_model(name, args) for name in args.models]
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model_name(),

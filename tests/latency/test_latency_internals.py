@@ -7,11 +7,21 @@ import pytest
 import torch
 
 from halp.graph.types import ChannelGraph, ChannelGroup, Layer, LayerShape, OtherOp
-from halp.latency.fit import fit_calibration, fit_line, nnls
+from halp.latency.fit import fit_calibration, fit_line, nnls, staircase_period
 from halp.latency.ops import op_module
 from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import axis_grid, fine_range, plan_entries, plan_ops
 from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
+
+
+def test_statistics():
+    s = LatencyStats.from_samples([1.0, 1.0, 1.1, 9.0, 9.5, 10.0, 12.0])  # a run disturbed by another job
+    assert s.summary() == s.median_ms == 9.0
+    assert s.summary("p10") == pytest.approx(1.0) and s.quantile(50) == 9.0
+    with pytest.raises(ValueError, match="percentile"):
+        s.summary("p200")
+    with pytest.raises(ValueError, match="statistic"):
+        s.summary("mean")
 
 
 def test_latency_stats():
@@ -185,3 +195,15 @@ def test_outlier_detection():
     assert not suspects_sweep(stair).any()
     stair[20] *= 2.0
     assert list(np.flatnonzero(suspects_sweep(stair))) == [20]
+
+
+def test_staircase_period():
+    rng = np.random.default_rng(0)
+    ch = np.arange(193, 257)
+    stairs = 1.0 + 0.004 * np.ceil(ch / 16) * 16
+    assert staircase_period(ch, stairs) == 16
+    assert staircase_period(ch, stairs * (1 + 0.01 * rng.standard_normal(ch.size))) == 16  # 1% noise
+    assert staircase_period(ch, 1.0 + 0.004 * np.ceil(ch / 8) * 8) == 8
+    line = 1.0 + 0.004 * ch
+    assert staircase_period(ch, line * (1 + 0.01 * rng.standard_normal(ch.size))) == 1  # no staircase
+    assert staircase_period(ch[:10], stairs[:10]) == 1  # too short to tell

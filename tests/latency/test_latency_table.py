@@ -219,3 +219,26 @@ def test_scalar_and_vector_lookups_agree_exactly():
         vec = t.layer_latency(lay, ci, co)
         one = np.array([t.layer_latency(lay, int(a), int(b)) for a, b in zip(ci, co)])
         np.testing.assert_array_equal(vec, one)
+
+
+def test_block_staircase_between_grid_points():
+    """A 16-channel staircase seen in the fine sweep: between grid points a width costs its block edge."""
+    cin = np.array([1, 64, 128])
+    cout = np.array([1, 64, 128, 192, 256])
+    lin = lambda ci, co: 0.01 + 1e-5 * ci * co  # noqa: E731
+    med = lin(cin[:, None], cout[None, :])
+    fc = np.arange(225, 257)
+    fm = lin(128, np.ceil(fc / 16) * 16)  # flat within each 16-block
+    e = LayerEntry(CONV, 1, 128, 256, cin, cout, med, np.zeros_like(med), fc, fm, np.zeros(fc.size), ["s"])
+    assert e.cout_step == 16
+    t = LatencyTable(make_table().meta, [e])
+    lay = layer(CONV, 128, 256)
+    assert t.layer_latency(lay, 100, 65) == pytest.approx(lin(100, 80))  # 65 costs like 80
+    assert t.layer_latency(lay, 100, 80) == pytest.approx(lin(100, 80))
+    assert t.layer_latency(lay, 100, 64) == pytest.approx(lin(100, 64))  # a grid point: as measured
+    assert t.layer_latency(lay, 128, 230) == fm[230 - 225]  # the fine sweep: as measured
+    ci, co = np.meshgrid(np.arange(1, 129, 7), np.arange(1, 257, 3), indexing="ij")
+    one = np.array([t.layer_latency(lay, int(a), int(b)) for a, b in zip(ci.ravel(), co.ravel())])
+    np.testing.assert_array_equal(t.layer_latency(lay, ci, co).ravel(), one)
+    # the block size is saved with the table
+    assert LatencyTable.from_dict(t.to_dict()).entries[0].cout_step == 16

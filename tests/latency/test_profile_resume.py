@@ -165,3 +165,35 @@ def test_calibration_uses_the_end_to_end_timing_settings(tiny, fake_backend):
     profile(model, x, backend=be, progress=False, e2e_warmup=3, e2e_repeats=7, **SETTINGS)
     assert (be.model_settings.warmup, be.model_settings.repeats) == (3, 7)
     assert be.settings.repeats == 15  # single layers keep theirs
+
+
+def test_refit_recomputes_the_calibration_from_stored_samples(tiny, fake_backend):
+    from halp.latency.calibrate import refit
+
+    model, x = tiny
+    table = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    table = halp.LatencyTable.from_dict(table.to_dict())  # as loaded from a file
+    table.calibration.a = table.calibration.b = table.calibration.c = 0.0
+    calib = refit(table, halp.build_graph(model, x))  # measures nothing: no backend involved
+    assert (calib.a, calib.b, calib.c) == pytest.approx((1.25, 0.8, 0.03), rel=1e-6)
+    with pytest.raises(ValueError, match="graph"):
+        refit(table, halp.build_graph(type(model)(width=8), x))
+
+
+def test_low_percentile_statistic(tiny, fake_backend):
+    """With statistic="p10" a point whose repeats were mostly disturbed still gets its undisturbed time."""
+    from halp.latency.timing import LatencyStats
+
+    class Disturbed(fake_backend):
+        def time_layer(self, *args, **kwargs):
+            v = super().time_layer(*args, **kwargs).median_ms
+            return LatencyStats.from_samples([v] * 3 + [20 * v] * 7)
+
+    model, x = tiny
+    clean = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    low = profile(model, x, backend=Disturbed(), progress=False, statistic="p10", **SETTINGS)
+    assert low.meta["settings"]["statistic"] == "p10"
+    for a, b in zip(clean.entries, low.entries):
+        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
+    with pytest.raises(ValueError, match="statistic"):
+        profile(model, x, backend=fake_backend(), progress=False, statistic="mode")

@@ -82,6 +82,7 @@ def calibrate(
     rounds: int,
     seed: int,
     timing: TimingSettings | None = None,
+    statistic: str = "median",
     on_measured: Any = None,
 ) -> Calibration:
     """Measure the dense model and ``samples`` random slim variants and fit the calibration."""
@@ -120,15 +121,25 @@ def calibrate(
         finally:
             backend.settings = saved
         for key, st in zip(keys, stats):
-            store.put(key, [st.median_ms, st.iqr_ms])
+            store.put(key, [st.summary(statistic), st.iqr_ms])
         if on_measured is not None:
             on_measured(len(keys))
+    measured = [tuple(store.get(k)[:2]) for k in keys]
+    return fit_samples(graph, table, [
+        {"label": label, "widths": widths, "measured_ms": float(m), "noise_ms": float(n)}
+        for label, widths, (m, n) in zip(labels, all_widths, measured)
+    ])
+
+
+def fit_samples(graph: ChannelGraph, table: LatencyTable, samples: list[dict[str, Any]]) -> Calibration:
+    """Fit the calibration to end-to-end measurements ``samples`` (``label``, ``widths``, ``measured_ms``,
+    ``noise_ms``), predicting each with ``table``'s current lookups."""
     rows = []
-    for label, widths, key in zip(labels, all_widths, keys):
-        lay, ops = features(graph, table, widths)
-        med, iqr = store.get(key)
-        rows.append({"label": label, "layers_ms": lay, "ops_ms": ops, "measured_ms": float(med),
-                     "noise_ms": float(iqr), "widths": widths})
+    for sample in samples:
+        lay, ops = features(graph, table, sample["widths"])
+        rows.append({"label": sample["label"], "layers_ms": lay, "ops_ms": ops,
+                     "measured_ms": float(sample["measured_ms"]), "noise_ms": float(sample["noise_ms"]),
+                     "widths": dict(sample["widths"])})
     a, b, c, method, loo = fit_calibration(
         [r["layers_ms"] for r in rows], [r["ops_ms"] for r in rows], [r["measured_ms"] for r in rows]
     )
@@ -140,3 +151,17 @@ def calibrate(
         ", ".join(f"{k} {100 * v:.1f}%" for k, v in loo.items()),
     )
     return calib
+
+
+def refit(table: LatencyTable, graph: ChannelGraph) -> Calibration:
+    """Refit ``table``'s calibration from its stored end-to-end samples with the current lookup code
+    (after an upgrade of halp's interpolation), measuring nothing; sets and returns it.
+
+    Raises:
+        ValueError: ``graph`` is not the graph of the model the table was profiled on.
+    """
+    want = (table.meta.get("model") or {}).get("graph_hash")
+    if want != graph_hash(graph):
+        raise ValueError("refit needs the graph of the model the table was profiled on (graph hashes differ)")
+    table.calibration = fit_samples(graph, table, table.calibration.samples)
+    return table.calibration

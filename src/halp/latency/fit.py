@@ -112,3 +112,39 @@ def fit_calibration(
             form = f
     a, b, c = _solve(form, lay, ops, y)
     return a, b, c, form, loo
+
+
+STAIRCASE_PERIODS = (2, 4, 8, 16, 32)
+
+
+def staircase_period(
+    channels: Sequence[int], ms: Sequence[float], candidates: Sequence[int] = STAIRCASE_PERIODS, min_gain: float = 0.5
+) -> int:
+    """The block size ``P`` of a latency staircase in a contiguous channel sweep, or 1 if there is none.
+
+    Hardware pads channels to a block (a SIMD width, a tile): latency is then ``f(ceil(c / P) · P)``,
+    flat inside a block and jumping just after each multiple of ``P``. Each candidate ``P`` is fitted
+    jointly over the whole sweep (``ms ≈ α + β · ceil(c/P)·P``) and compared with a straight line; a
+    period is kept only if it removes at least ``1 - min_gain`` of the line's squared error. Fitting all
+    points at once tolerates noise that makes individual cliffs hard to see, and an unclear sweep yields
+    1 (no rounding), the conservative answer.
+    """
+    c = np.asarray(channels, dtype=np.float64)
+    y = np.asarray(ms, dtype=np.float64)
+    if c.size < 16 or np.any(np.diff(c) != 1):
+        return 1
+
+    def sse(x: np.ndarray) -> float:
+        a = np.stack([np.ones_like(x), x], axis=1)
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        return float(np.sum((a @ coef - y) ** 2))
+
+    line = sse(c)
+    best, best_err = 1, line
+    for p in candidates:
+        if c.size < 2 * p:
+            continue
+        err = sse(np.ceil(c / p) * p)
+        if err < best_err:
+            best, best_err = int(p), err
+    return best if best_err < min_gain * line else 1

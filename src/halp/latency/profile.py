@@ -28,7 +28,7 @@ from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
 from halp.latency.store import MeasurementStore, partial_path
 from halp.latency.table import LatencyTable, LayerEntry, OpModel
-from halp.latency.timing import TimingSettings
+from halp.latency.timing import TimingSettings, parse_statistic
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class ProfileSettings:
         e2e_warmup, e2e_repeats: warm-up calls and timed calls per model in the calibration.
         clock: ``"wall"`` or ``"thread"`` (CPU time of the calling thread; threads=1 only; see
             :class:`TimingSettings`), for every timing of the run.
+        statistic: what each measurement stores: ``"median"`` of its samples, or a low percentile
+            such as ``"p10"`` on a machine shared with other jobs (they only ever add time); the
+            calibration's end-to-end runs use the same statistic. Noise is always the IQR.
         retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
             of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
@@ -69,6 +72,7 @@ class ProfileSettings:
     retries: int = 2
     outlier_threshold: float = 1.5
     clock: str = "wall"
+    statistic: str = "median"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +81,7 @@ class ProfileSettings:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        parse_statistic(self.statistic)
         if not self.outlier_threshold > 1.0:
             raise ValueError(f"outlier_threshold must be > 1 (a ratio to the fit), got {self.outlier_threshold}")
         for name in ("fine_span", "calibration_samples", "e2e_warmup", "retries", "seed"):
@@ -133,7 +138,7 @@ class _Profiler:
         key = f"L|{plan.shape.key()}|r{plan.in_repeat}|{cin}|{cout}"
         if key not in self.store:
             st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
-            self.store.put(key, [st.median_ms, st.iqr_ms, 1])
+            self.store.put(key, [st.summary(self.s.statistic), st.iqr_ms, 1])
             self.tick(1)
         elif retake:
             med, noise, *rest = self.store.get(key)
@@ -141,8 +146,8 @@ class _Profiler:
             if tries <= self.s.retries:
                 st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
                 self.retaken += 1
-                if st.median_ms < med:
-                    med, noise = st.median_ms, st.iqr_ms
+                if st.summary(self.s.statistic) < med:
+                    med, noise = st.summary(self.s.statistic), st.iqr_ms
                 self.store.put(key, [med, noise, tries + 1])
         med, noise = self.store.get(key)[:2]
         return float(med), float(noise)
@@ -186,7 +191,7 @@ class _Profiler:
             key = f"O|{kind}|{b}x{c}x{h}x{w}"
             if key not in self.store:
                 st = self.be.time_op(kind, b, c, (h, w))
-                self.store.put(key, [st.median_ms, st.iqr_ms])
+                self.store.put(key, [st.summary(self.s.statistic), st.iqr_ms])
                 self.tick(1)
             med, noise = self.store.get(key)
             samples.append([b, c, h, w, float(med), float(noise)])
@@ -281,6 +286,7 @@ def profile(
     fingerprint["e2e"] = [cfg.e2e_warmup, cfg.e2e_repeats, cfg.calibration_rounds]
     fingerprint["torch"] = torch.__version__
     fingerprint["backend_options"] = be.options()
+    fingerprint["statistic"] = cfg.statistic
     store = MeasurementStore(partial_path(path) if path is not None else None, fingerprint)
 
     plans = plan_entries(graph, dtype)
@@ -310,6 +316,7 @@ def profile(
             table.calibration = calibrate(
                 model, inputs, graph, table, be, store, samples=cfg.calibration_samples,
                 low=cfg.calibration_low, rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(),
+                statistic=cfg.statistic,
                 on_measured=bar.update,
             )
     finally:

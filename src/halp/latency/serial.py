@@ -79,6 +79,7 @@ def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, An
             "median_ms": _floats(e.median_ms), "noise_ms": _floats(e.noise_ms),
             "fine": {"cout": _ints(e.fine_cout), "median_ms": _floats(e.fine_median_ms),
                      "noise_ms": _floats(e.fine_noise_ms)},
+            "cout_step": int(e.cout_step),
         })
     ops = {
         kind: {"overhead_ms": m.overhead_ms, "ms_per_melem": m.ms_per_melem, "samples": m.samples}
@@ -163,5 +164,5 @@ def _entry_from_dict(d: dict[str, Any], cls: type) -> "LayerEntry":
     return cls(
         shape=shape, in_repeat=int(d["in_repeat"]), cin_full=int(d["cin_full"]), cout_full=int(d["cout_full"]),
         cin=cin, cout=cout, median_ms=med, noise_ms=noise, fine_cout=fc, fine_median_ms=fm, fine_noise_ms=fn,
-        layers=[str(n) for n in d.get("layers", [])],
+        layers=[str(n) for n in d.get("layers", [])], cout_step=int(d.get("cout_step", 0)),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -26,6 +27,7 @@ import numpy as np
 
 from halp.graph.types import ChannelGraph, Layer, LayerShape
 from halp.latency import serial
+from halp.latency.fit import staircase_period
 from halp.latency.interp import interp1, interp1_scalar, interp2, interp2_scalar, outside
 from halp.latency.ops import canonical_kind
 
@@ -42,7 +44,13 @@ class LayerEntry:
 
     ``median_ms``/``noise_ms`` are ``(len(cin), len(cout))``; for a depthwise conv (one width) they are
     1-D over ``cout`` and ``cin`` equals ``cout``. ``fine_*`` is a contiguous sweep of cout at full cin
-    (empty when cout cannot be pruned). Noise is the interquartile range of the repeats.
+    (empty when cout cannot be pruned). "Median" is the profile's statistic of the repeats (the median
+    unless ``meta.settings.statistic`` says e.g. ``"p10"``); noise is their interquartile range.
+
+    ``cout_step`` is the staircase block found in the fine sweep (:func:`~halp.latency.fit.staircase_period`):
+    between grid points a cout is rounded up to the next block edge before interpolating, since a
+    width inside a block costs what the full block costs (225..240 channels cost like 240 on a
+    16-wide CPU). Grid points and the fine sweep are used as measured.
     """
 
     shape: LayerShape
@@ -57,7 +65,12 @@ class LayerEntry:
     fine_median_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fine_noise_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     layers: list[str] = field(default_factory=list)
+    cout_step: int = 0  # staircase block of cout (1: none); 0 = derive it from the fine sweep
     _lists: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.cout_step <= 0:
+            self.cout_step = staircase_period(self.fine_cout, self.fine_median_ms) if self.fine_cout.size else 1
 
     @property
     def key(self) -> str:
@@ -96,8 +109,8 @@ class LayerEntry:
         gin, gout, med, f0, f1, fine = self._as_lists()
         in_fine = f0 <= cout <= f1
         if self.depthwise:
-            return fine[cout - f0] if in_fine else interp1_scalar(gout, med, float(cout))
-        out = interp2_scalar(gin, gout, med, float(cin), float(cout))
+            return fine[cout - f0] if in_fine else interp1_scalar(gout, med, float(self._block_edge_one(cout)))
+        out = interp2_scalar(gin, gout, med, float(cin), float(cout if in_fine else self._block_edge_one(cout)))
         if in_fine:
             if cin == self.cin_full:
                 return fine[cout - f0]
@@ -106,16 +119,34 @@ class LayerEntry:
                 out = out * (fine[cout - f0] / row)
         return out
 
+    def _block_edge(self, cout: np.ndarray) -> np.ndarray:
+        """``cout`` rounded up to its staircase block edge, never past the next grid point (so grid points
+        stay exact); unchanged outside the grid."""
+        p = self.cout_step
+        if p <= 1:
+            return cout
+        g = self.cout
+        nxt = g[np.clip(np.searchsorted(g, cout, side="left"), 0, g.size - 1)]
+        return np.where((cout >= g[0]) & (cout <= g[-1]), np.minimum(-(-cout // p) * p, nxt), cout)
+
+    def _block_edge_one(self, cout: int) -> int:
+        p = self.cout_step
+        gout = self._as_lists()[1]
+        if p <= 1 or not gout[0] <= cout <= gout[-1]:
+            return cout
+        return int(min(-(-cout // p) * p, gout[bisect_left(gout, cout)]))
+
     def lookup(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
         """Interpolated latency; inside the fine sweep's range the staircase is restored."""
         fine = self.fine_cout
+        in_fine = (cout >= fine[0]) & (cout <= fine[-1]) if fine.size else np.zeros(cout.shape, dtype=bool)
+        edge = np.where(in_fine, cout, self._block_edge(cout))
         if self.depthwise:
-            out = interp1(self.cout, self.median_ms, cout)
+            out = interp1(self.cout, self.median_ms, edge)
             if fine.size:
-                m = (cout >= fine[0]) & (cout <= fine[-1])
-                out = np.where(m, self.fine_median_ms[np.clip(cout - fine[0], 0, fine.size - 1).astype(int)], out)
+                out = np.where(in_fine, self.fine_median_ms[np.clip(cout - fine[0], 0, fine.size - 1).astype(int)], out)
             return out
-        out = interp2(self.cin, self.cout, self.median_ms, cin, cout)
+        out = interp2(self.cin, self.cout, self.median_ms, cin, edge)
         if fine.size:
             # A multiplicative ripple taken from the full-cin row: exact on that row, 1 at coarse points.
             m = (cout >= fine[0]) & (cout <= fine[-1])

@@ -19,6 +19,19 @@ import numpy as np
 CLOCKS = ("wall", "thread")
 
 
+def parse_statistic(statistic: str) -> float:
+    """``"median"`` → 50, ``"p10"`` → 10; ``ValueError`` for anything else."""
+    if statistic == "median":
+        return 50.0
+    try:
+        q = float(statistic[1:]) if statistic.startswith("p") else float("nan")
+    except ValueError:
+        q = float("nan")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"statistic must be 'median' or a percentile like 'p10', got {statistic!r}")
+    return q
+
+
 @dataclass(frozen=True)
 class TimingSettings:
     """How much to warm up and repeat.
@@ -78,6 +91,20 @@ class LatencyStats:
 
     def __float__(self) -> float:
         return float(self.median_ms)
+
+    def quantile(self, q: float) -> float:
+        """The ``q``-th percentile of the samples (``q`` in [0, 100])."""
+        if not self.samples:
+            return float(self.median_ms)
+        return float(np.percentile(np.asarray(self.samples, dtype=np.float64), q))
+
+    def summary(self, statistic: str = "median") -> float:
+        """The statistic a table or benchmark reports: ``"median"`` or a percentile such as ``"p10"``.
+
+        Other processes only ever slow a run down, so on a shared machine a low percentile tracks the
+        undisturbed latency where the median tracks the load.
+        """
+        return float(self.median_ms) if statistic == "median" else self.quantile(parse_statistic(statistic))
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
