@@ -21,6 +21,7 @@ _PUBLIC: dict[str, str] = {
     "prune_channels": "halp.surgery",
     "LatencyTable": "halp.latency",
     "profile": "halp.latency",
+    "recalibrate": "halp.latency",
     "predict_latency": "halp.latency",
     "measure_latency": "halp.latency",
     "export_onnx": "halp.export",

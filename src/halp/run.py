@@ -40,7 +40,8 @@ class _PrunerHooks:
         self.save(step)
 
     def save(self, step: int) -> None:
-        from halp.train import is_main_process, save_checkpoint
+        from halp.checkpoint import save_checkpoint
+        from halp.distributed import is_main_process
 
         if is_main_process():
             save_checkpoint(self.ckpt, self.model, self.optimizer, self.scheduler, step,

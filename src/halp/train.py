@@ -20,9 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import pickle
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -36,11 +33,27 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from halp.data.sampler import epoch_batches, steps_per_epoch
+from halp.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from halp.data._common import mix_seed
+from halp.data.sampler import epoch_batches, steps_per_epoch
+from halp.distributed import (
+    DistInfo,
+    _unwrap,
+    _world,
+    cleanup_distributed,
+    is_main_process,
+    resolve_device,
+    setup_distributed,
+)
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "halp-checkpoint/1"
+
+# the checkpoint and distributed helpers live in their own modules; importing them from here still works
+__all__ = [
+    "CHECKPOINT_FORMAT", "DistInfo", "TrainConfig", "WarmupCosine", "cleanup_distributed", "cosine_with_warmup",
+    "evaluate", "is_main_process", "load_checkpoint", "make_optimizer", "resolve_device", "save_checkpoint",
+    "setup_distributed", "train",
+]
 
 
 @dataclass(frozen=True)
@@ -156,65 +169,6 @@ def _fast_forward(scheduler: LambdaLR, step: int) -> None:
     for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * fn(step)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]  # type: ignore[attr-defined]
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the run (rank 0 of 1 outside torch.distributed)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; under torchrun, CUDA means this process's ``LOCAL_RANK`` GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    return torch.device(device)
-
-
-def setup_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
-    """Join the torchrun process group (gloo on CPU, nccl on CUDA); a no-op without ``WORLD_SIZE`` > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
-    if world <= 1:
-        return DistInfo(0, 1, 0, dev)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-        if missing:
-            raise ValueError(f"WORLD_SIZE={world} but {missing} are unset: launch with torchrun --nproc_per_node N")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"), init_method="env://")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev)
-
-
-def is_main_process() -> bool:
-    """True outside torch.distributed and on rank 0: the process that logs and writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DDP) else model
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -380,86 +334,3 @@ def train(
     return {"step": step, "total_steps": total, "steps_per_epoch": spe, "stopped": stopped,
             "nonfinite_steps": nonfinite, "history": history, "test": test_result,
             "seconds": time.perf_counter() - t0}
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _check_extra(obj: Any, where: str = "extra") -> None:
-    """Extras may hold JSON values and tensors: exactly what ``torch.load(weights_only=True)`` reads back."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_extra(v, f"{where}[{i}]")
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{where}: keys must be strings, got {k!r}")
-            _check_extra(v, f"{where}[{k!r}]")
-        return
-    raise ValueError(f"{where} is a {type(obj).__name__}: checkpoints hold only JSON values and torch tensors")
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    step: int = 0,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write a checkpoint atomically (a temporary file renamed into place). Call on the main process only."""
-    extra = dict(extra or {})
-    _check_extra(extra)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "step": int(step),
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "extra": extra,
-    }
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Restore what was saved into the given objects; returns ``{"step": int, "extra": dict}``.
-
-    Loaded with ``weights_only=True``: a file that would need arbitrary objects is refused.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"no checkpoint file at {os.fspath(path)}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{os.fspath(path)} is not a loadable halp checkpoint: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{os.fspath(path)} is not a halp checkpoint (format {CHECKPOINT_FORMAT})")
-    if model is not None:
-        _unwrap(model).load_state_dict(payload["model"])
-    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
-        if obj is not None:
-            if payload[key] is None:
-                raise ValueError(f"{os.fspath(path)} holds no {key} state")
-            obj.load_state_dict(payload[key])
-    return {"step": int(payload["step"]), "extra": payload["extra"]}

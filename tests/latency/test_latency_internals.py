@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import halp
+
 from halp.graph.types import ChannelGraph, ChannelGroup, Layer, LayerShape, OtherOp
 from halp.latency.fit import fit_calibration, fit_line, nnls, staircase_period
 from halp.latency.ops import op_module
@@ -207,3 +209,29 @@ def test_staircase_period():
     line = 1.0 + 0.004 * ch
     assert staircase_period(ch, line * (1 + 0.01 * rng.standard_normal(ch.size))) == 1  # no staircase
     assert staircase_period(ch[:10], stairs[:10]) == 1  # too short to tell
+
+
+def test_random_widths_levels_spread_whole_networks():
+    """Independent per-group draws put every network near the same total; a per-network level with jitter
+    spans light to heavy prunings, with every group inside [low, 1] and still differing per group."""
+    from halp.latency.calibrate import random_widths
+
+    model = halp.models.create("resnet20").eval()
+    graph = halp.build_graph(model, torch.randn(1, 3, 32, 32))
+
+    def kept(w):
+        return sum(w.values()) / sum(graph.group(g).channels for g in w)
+
+    rng = np.random.default_rng(0)
+    independent = [kept(random_widths(graph, rng, 0.25)) for _ in range(40)]
+    levelled = [random_widths(graph, rng, 0.25, jitter=0.3) for _ in range(40)]
+    spread = [kept(w) for w in levelled]
+    assert np.std(spread) > 2.5 * np.std(independent)
+    assert min(spread) < 0.4 and max(spread) > 0.85
+    for w in levelled:
+        for g, n in w.items():
+            full = graph.group(g).channels
+            assert max(1, int(0.25 * full) - 1) <= n <= full
+        assert len(set(n / graph.group(g).channels for g, n in w.items())) > 1  # not a uniform width
+    with pytest.raises(ValueError, match="jitter"):
+        random_widths(graph, rng, 0.25, jitter=1.5)

@@ -117,6 +117,22 @@ def test_existing_table_for_another_model_is_not_overwritten(tiny, fake_backend,
     assert t.covers(halp.build_graph(other, x)) == []
 
 
+def test_table_from_an_older_version_without_a_new_setting_is_reused(tiny, fake_backend, tmp_path):
+    """A setting added later (here ``statistic``) is absent from older files; at its default it means the
+    old behaviour, so the table is reused rather than refused (and refused when asked for another value)."""
+    model, x = tiny
+    path = tmp_path / "t.json"
+    profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    doc = json.loads(path.read_text())
+    del doc["meta"]["settings"]["statistic"]
+    path.write_text(json.dumps(doc))
+    be = fake_backend()
+    profile(model, x, backend=be, path=path, progress=False, **SETTINGS)
+    assert be.layer_calls == [] and be.model_calls == 0
+    with pytest.raises(ValueError, match="another model or settings"):
+        profile(model, x, backend=fake_backend(), path=path, progress=False, statistic="p10", **SETTINGS)
+
+
 def test_bad_settings_are_value_errors(tiny):
     model, x = tiny
     with pytest.raises(ValueError, match="unknown profile setting"):
@@ -197,3 +213,34 @@ def test_low_percentile_statistic(tiny, fake_backend):
         np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
     with pytest.raises(ValueError, match="statistic"):
         profile(model, x, backend=fake_backend(), progress=False, statistic="mode")
+
+
+def test_recalibrate_follows_a_machine_that_got_faster_without_reprofiling(tiny, fake_backend, true_e2e):
+    model, x = tiny
+    table = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    graph = halp.build_graph(model, x)
+    widths = random_widths(graph, np.random.default_rng(2), 0.3)
+    truth = true_e2e(_slim_graph(model, graph, widths, x))
+    assert predict_from_widths(graph, table, widths) == pytest.approx(truth, rel=1e-9)
+    drifted = fake_backend()
+    drifted.e2e_speed = 0.9  # every whole network now runs 10% faster
+    before = {e.id: e.median_ms.copy() for e in table.entries}
+    out = halp.recalibrate(table, model, x, backend=drifted)
+    assert out is table and "recalibrated" in table.meta
+    assert drifted.layer_calls == [] and drifted.op_calls == 0  # only end-to-end runs were taken
+    assert drifted.model_calls == SETTINGS["calibration_samples"] + 1
+    assert all(np.array_equal(before[e.id], e.median_ms) for e in table.entries)
+    assert predict_from_widths(graph, table, widths) == pytest.approx(0.9 * truth, rel=1e-9)
+    assert predict_latency(model, x, table) == pytest.approx(0.9 * true_e2e(graph), rel=1e-9)
+
+
+def test_recalibrate_refuses_another_model_or_backend(tiny, fake_backend):
+    model, x = tiny
+    table = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    other = halp.models.create("resnet20").eval()
+    with pytest.raises(ValueError, match="profiled on"):
+        halp.recalibrate(table, other, torch.randn(1, 3, 32, 32), backend=fake_backend())
+    onnx_like = fake_backend()
+    onnx_like.name = "onnxruntime"
+    with pytest.raises(ValueError, match="onnxruntime"):
+        halp.recalibrate(table, model, x, backend=onnx_like)

@@ -217,8 +217,10 @@ def _metadata(be: Backend, cfg: ProfileSettings, model: nn.Module, inputs: tuple
 def _reuse(path: Path, meta: dict[str, Any], graph: Any) -> LatencyTable:
     """The finished table at ``path`` if it was profiled for this model and settings, else an error."""
     old = LatencyTable.load(path)
-    keys = ("backend", "batch", "dtype", "threads", "settings", "backend_options")
-    same = all(old.meta.get(k) == meta[k] for k in keys)
+    keys = ("backend", "batch", "dtype", "threads", "backend_options")
+    # a setting added in a later halp version is missing from older tables; it defaulted to the old behaviour
+    defaults = dataclasses.asdict(ProfileSettings())
+    same = all(old.meta.get(k) == meta[k] for k in keys) and {**defaults, **old.meta.get("settings", {})} == meta["settings"]
     if same and old.meta.get("model", {}).get("graph_hash") == meta["model"]["graph_hash"] and not old.covers(graph):
         logger.info("latency table %s already profiled for this model and settings; reusing it", path)
         return old
@@ -331,4 +333,61 @@ def profile(
     if path is not None:
         table.save(path)
         store.discard()
+    return table
+
+
+def recalibrate(
+    table: LatencyTable,
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    backend: str | Backend | None = None,
+    *,
+    threads: int | None = None,
+) -> LatencyTable:
+    """Re-take ``table``'s end-to-end calibration on this machine now, keeping its layer measurements.
+
+    Why: the per-layer grids describe the hardware and stay valid, but a machine's overall speed
+    drifts (clock governors, thermal limits, other tenants of a VM: we measured the same dense
+    MobileNet-V2 at 18.0 ms and, minutes later, 16.1 ms on a shared 2-core VM). The calibration maps
+    layer sums to whole-network latency, so re-measuring its dense model and slim variants (seconds
+    to a minute, against many minutes for a profile) brings predictions back in line with the
+    machine as it is. The same variants are measured as in the profile (same seed), with the same
+    settings.
+
+    Args:
+        table: a table profiled for ``model`` (modified in place and returned).
+        model: the dense model the table was profiled on.
+        example_inputs: inputs of the profiled shape (re-batched to the table's batch).
+        backend: by default the table's backend; a :class:`Backend` instance must be of that kind.
+        threads: by default the table's thread count.
+
+    Raises:
+        ValueError: ``model`` is not the profiled model, or the backend differs from the table's.
+    """
+    meta = table.meta
+    try:
+        cfg = ProfileSettings(**meta["settings"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"the table's metadata holds no usable profile settings ({exc}); profile again") from None
+    inputs = _rebatch(as_inputs(example_inputs), int(meta["batch"]))
+    be = get_backend(backend if backend is not None else meta["backend"], dtype=meta["dtype"],
+                     threads=threads if threads is not None else meta.get("threads"), settings=cfg.timing())
+    if be.name != meta["backend"]:
+        raise ValueError(f"the table was profiled on {meta['backend']!r}; recalibrating it on {be.name!r} would mix "
+                         "devices: profile a table for that backend instead")
+    from halp.graph import build_graph
+
+    graph = build_graph(model, inputs)
+    if (meta.get("model") or {}).get("graph_hash") != graph_hash(graph):
+        raise ValueError("recalibrate needs the dense model the table was profiled on (its graph differs)")
+    store = MeasurementStore(None, {})
+    with be, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        table.calibration = calibrate(
+            model, inputs, graph, table, be, store, samples=cfg.calibration_samples, low=cfg.calibration_low,
+            rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(), statistic=cfg.statistic,
+        )
+    meta["recalibrated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    logger.info("recalibrated: measured ≈ %.3f·layers + %.3f·ops + %.3f ms", table.calibration.a,
+                table.calibration.b, table.calibration.c)
     return table
