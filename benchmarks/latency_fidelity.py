@@ -40,8 +40,8 @@ import torch
 import halp
 from halp.latency import measure_many, predict_from_widths, predict_latency
 from halp.latency.backends import cpu_model_name
-from halp.latency.calibrate import fit_samples, random_widths, slim_variant
-from halp.latency.predict import features
+from halp.latency.calibrate import fit_samples, random_widths, refit, slim_variant
+from halp.latency.predict import split_features
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
@@ -63,6 +63,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
 
     graph = halp.build_graph(model, x)
+    if reused:  # a table profiled by an earlier halp: its stored end-to-end samples refitted with today's forms
+        refit(table, graph)
     rng = np.random.default_rng(args.seed)
     steps = None
     if args.aligned:  # the widths latency-aware pruning produces: multiples of each group's latency step
@@ -106,7 +108,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         session += [{"label": s["label"], "widths": s["widths"], "measured_ms": st.summary(args.statistic),
                      "noise_ms": st.iqr_ms} for s, st in zip(cal_samples, stats[1 + len(variants):])]
         calib["session"] = fit_samples(graph, table, session)
-    feats = [features(graph, table, w) for w in [{}, *widths]]
+    feats = [split_features(graph, table, w) for w in [{}, *widths]]
     out = {
         "model": name,
         "input": list(x.shape),
@@ -117,7 +119,10 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "aligned_to_steps": bool(args.aligned),
         "jitter": jitter,
         "calibration_used": args.calibration,
-        "calibrations": {k: {"a": c.a, "b": c.b, "c": c.c, "method": c.method} for k, c in calib.items()},
+        "calibrations": {k: {"a": c.a, "b": c.b, "c": c.c, "d": c.a if c.d is None else c.d, "method": c.method,
+                             "loo_rel_rmse": c.loo_rel_rmse,
+                             "samples": [{f: v for f, v in row.items() if f != "widths"} for row in c.samples]}
+                         for k, c in calib.items()},
         "statistic": args.statistic,
         "measure_s": measure_s,
         "passes": args.passes,
@@ -254,7 +259,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
         "predict; the second row shows the predictor once the machine is the same machine.",
         "",
         "| model | table build (s) | calibration | dense measured / predicted (ms) | Pearson r of reductions | "
-        "median abs rel err | p90 abs rel err | a, b, c | measurement noise |",
+        "median abs rel err | p90 abs rel err | calibration (form: a, d, b, c) | measurement noise |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -266,7 +271,8 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
                 f"| {r['model']} | {r['table_build_s']:.0f}{' (cached)' if r['table_reused'] else ''} | "
                 f"{CALIBRATION_LABELS[kind]} | {r['dense']['measured_ms']:.1f} / {r['dense'][f'predicted_{kind}_ms']:.1f} | "
                 f"{k['pearson_r_reduction']:.4f} | {100 * k['median_abs_rel_error']:.2f}% | "
-                f"{100 * k['p90_abs_rel_error']:.2f}% | {c['a']:.3f}, {c['b']:.3f}, {c['c']:.2f} ms | "
+                f"{100 * k['p90_abs_rel_error']:.2f}% | {c.get('method', '?')}: {c['a']:.3f}, {c.get('d', c['a']):.3f}, "
+                f"{c['b']:.3f}, {c['c']:.2f} ms | "
                 f"{100 * noise(r):.0f}% |")
     lines += ["", "Measurement noise: the median over the measured networks of the interquartile range of a network's "
               "forward times over its median (one pass); the same network's passes differed by a median of "

@@ -203,3 +203,28 @@ def test_floor_check_uses_the_grouping_blocks(table):
     pruner = halp.Pruner(model, X, table, ok)
     run_loop(model, pruner, batches(1))  # the step the constructor admitted is solvable
     assert pruner.predict(pruner.widths()) <= pruner.final_ms
+
+
+def test_width_curves_agree_with_full_predictions_under_an_interp_calibration():
+    """The pruner's fast per-group curves must give what a full prediction gives, including the separate
+    weight of layer time read between measured grid points."""
+    import numpy as np
+
+    from halp.curves import WidthPredictor
+    from halp.latency import predict_from_widths
+    from halp.latency.table import Calibration
+
+    model, x = TinyNet().eval(), torch.randn(1, 3, 8, 8)
+    table = halp.profile(model, x, backend=FakeBackend(), progress=False, grid_points=4, fine_span=3,
+                         calibration_samples=4)
+    table.calibration = Calibration(1.1, 0.8, 0.02, "interp", [], {}, 1.7)
+    graph = halp.build_graph(model, x)
+    wp = WidthPredictor(graph, table)
+    rng = np.random.default_rng(0)
+    for g in graph.prunable_groups:
+        widths = {h.name: int(rng.integers(1, h.channels + 1)) for h in graph.prunable_groups}
+        cands = np.arange(1, g.channels + 1)
+        curve = wp.curve(widths, g.name, cands)
+        full = [predict_from_widths(graph, table, {**widths, g.name: int(c)}) for c in cands]
+        np.testing.assert_allclose(curve, full, rtol=1e-9)
+    assert any(table.layer_interpolated(l, *graph.layer_widths(widths)[l.name]) for l in graph.layers)

@@ -14,7 +14,7 @@ import numpy as np
 
 from halp.graph.types import ChannelGraph, Slice
 from halp.latency import LatencyTable, predict_from_widths
-from halp.latency.predict import features
+from halp.latency.predict import split_features
 
 
 def _width(slices: tuple[Slice, ...], widths: Mapping[str, int], group: str, candidates: np.ndarray) -> np.ndarray:
@@ -48,13 +48,18 @@ class WidthPredictor:
     def curve(self, widths: Mapping[str, int], group: str, candidates: np.ndarray) -> np.ndarray:
         """Predicted latency with ``group`` at each of ``candidates`` and every other group at ``widths``."""
         cand = np.asarray(candidates, dtype=np.int64)
-        layers_ms, ops_ms = features(self.graph, self.table, widths)
+        layers_ms, ops_ms, interp_ms = split_features(self.graph, self.table, widths)
         d_layers = np.zeros(cand.shape, dtype=np.float64)
+        d_interp = np.zeros(cand.shape, dtype=np.float64)
         for layer in self._layers.get(group, ()):
             now = (self.graph.slice_width(layer.in_slices, widths), self.graph.slice_width(layer.out_slices, widths))
             cin = _width(layer.in_slices, widths, group, cand)
             cout = _width(layer.out_slices, widths, group, cand)
-            d_layers += np.asarray(self.table.layer_latency(layer, cin, cout)) - self.table.layer_latency(layer, *now)
+            new_ms = np.asarray(self.table.layer_latency(layer, cin, cout))
+            now_ms = float(self.table.layer_latency(layer, *now))
+            d_layers += new_ms - now_ms
+            d_interp += np.where(self.table.layer_interpolated(layer, cin, cout), new_ms, 0.0)
+            d_interp -= now_ms if now_ms and self.table.layer_interpolated(layer, *now) else 0.0
         d_ops = np.zeros(cand.shape, dtype=np.float64)
         for op in self._ops.get(group, ()):
             scale = op.batch * op.hw[0] * op.hw[1]
@@ -63,5 +68,4 @@ class WidthPredictor:
             new_ms = np.where(new_c > 0, self.table.op_latency(op.kind, new_c * scale), 0.0)
             now_ms = self.table.op_latency(op.kind, now_c * scale) if now_c > 0 else 0.0
             d_ops += new_ms - now_ms
-        calib = self.table.calibration
-        return calib.a * (layers_ms + d_layers) + calib.b * (ops_ms + d_ops) + calib.c
+        return self.table.calibration.apply(layers_ms + d_layers, ops_ms + d_ops, interp_ms + d_interp)

@@ -31,6 +31,23 @@ def test_profile_writes_a_table(table_path, capsys):
     assert "reused it, measured nothing" in capsys.readouterr().out
 
 
+def test_profile_recalibrate_rewrites_only_the_calibration(table_path, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "copy.json"
+    shutil.copy(table_path, path)
+    before = json.loads(path.read_text())
+    assert main(["-q", "profile", "--model", "resnet20", "-o", str(path), "--recalibrate", *TINY]) == 0
+    assert "recalibrated" in capsys.readouterr().out
+    after = json.loads(path.read_text())
+    assert after["layers"] == before["layers"] and after["ops"] == before["ops"]  # nothing re-profiled
+    assert "recalibrated" in after["meta"] and "recalibrated" not in before["meta"]
+    assert len(after["calibration"]["samples"]) == len(before["calibration"]["samples"])
+    missing = tmp_path / "none.json"
+    assert main(["-q", "profile", "--model", "resnet20", "-o", str(missing), "--recalibrate", *TINY]) == 2
+    assert "needs an existing table" in capsys.readouterr().err
+
+
 def test_latency_prints_predicted_measured_and_ratio(table_path, capsys):
     assert main(["latency", "resnet20", "--table", str(table_path), "--repeats", "5"]) == 0
     out = capsys.readouterr().out

@@ -99,25 +99,37 @@ def test_fit_line_and_calibration():
     assert fit_line(v, 0.01 + 0.2 * v) == pytest.approx((0.01, 0.2))
     lay = np.array([10.0, 7.0, 5.0, 3.0, 8.0])
     ops = np.array([2.0, 1.0, 1.5, 0.5, 0.7])
-    a, b, c, method, loo = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
+    a, b, c, d, method, loo = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
     assert method == "split" and (a, b, c) == pytest.approx((1.2, 0.7, 0.3))
     assert loo["split"] < 1e-9 < min(loo["affine"], loo["scale"])
     # when a shared scale explains the data, the simpler form is kept (it extrapolates more safely)
     rng = np.random.default_rng(1)
     y = 1.3 * (lay + ops) + 0.2
-    a, b, c, method, loo = fit_calibration(lay, ops, y * (1 + 0.001 * rng.standard_normal(5)))
+    a, b, c, d, method, loo = fit_calibration(lay, ops, y * (1 + 0.001 * rng.standard_normal(5)))
     assert method == "affine" and a == b and a == pytest.approx(1.3, rel=0.01) and c == pytest.approx(0.2, abs=0.05)
     # one run disturbed by another process (+40%) barely moves a robust fit
     lay12 = np.linspace(3.0, 12.0, 12)
     ops12 = 0.3 * lay12 + np.linspace(0.0, 1.0, 12)
     y12 = 1.2 * (lay12 + ops12) + 0.5
     y12[4] *= 1.4
-    a, b, c, method, loo = fit_calibration(lay12, ops12, y12)
+    a, b, c, d, method, loo = fit_calibration(lay12, ops12, y12)
     pred = a * lay12 + b * ops12 + c
     clean = np.delete(np.arange(12), 4)
     assert np.max(np.abs(pred[clean] / y12[clean] - 1)) < 0.01
-    a, b, c, method, loo = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
-    assert method == "scale" and (a, b, c) == pytest.approx((1.5, 1.5, 0.0)) and loo == {}
+    a, b, c, d, method, loo = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
+    assert method == "scale" and (a, b, c, d) == pytest.approx((1.5, 1.5, 0.0, 1.5)) and loo == {}
+    # interpolated layer time that runs slower than measured-point time gets its own weight
+    rng = np.random.default_rng(4)
+    lay20 = rng.uniform(5.0, 12.0, 20)
+    interp20 = lay20 * rng.uniform(0.0, 1.0, 20)
+    ops20 = 0.2 * lay20
+    y20 = 1.1 * (lay20 - interp20) + 1.45 * interp20 + 1.1 * ops20 + 0.4
+    a, b, c, d, method, loo = fit_calibration(lay20, ops20, y20, interp20)
+    assert method == "interp" and (a, b, c, d) == pytest.approx((1.1, 1.1, 0.4, 1.45), rel=1e-6)
+    assert loo["interp"] < 1e-9 < min(loo["affine"], loo["split"])
+    # without interpolated time (every sample on measured points) the form is not offered
+    a, b, c, d, method, loo = fit_calibration(lay, ops, 1.3 * (lay + ops) + 0.2, np.zeros(5))
+    assert "interp" not in loo and d == a
 
 
 def test_axis_grid():

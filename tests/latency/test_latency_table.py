@@ -242,3 +242,23 @@ def test_block_staircase_between_grid_points():
     np.testing.assert_array_equal(t.layer_latency(lay, ci, co).ravel(), one)
     # the block size is saved with the table
     assert LatencyTable.from_dict(t.to_dict()).entries[0].cout_step == 16
+
+
+def test_interpolated_flags_and_their_own_calibration_weight(tmp_path):
+    t = make_table(small_entry=False)
+    big = layer(CONV, 32, 64)
+    # grid points and the fine sweep (at full cin) are measured; between grid points is interpolated
+    assert not t.layer_interpolated(big, 16, 48) and not t.layer_interpolated(big, 32, 60)
+    assert t.layer_interpolated(big, 12, 48) and t.layer_interpolated(big, 16, 40)
+    assert t.layer_interpolated(big, 16, 60)  # fine-sweep cout below full cin: a ripple-scaled interpolation
+    np.testing.assert_array_equal(t.layer_interpolated(big, np.array([16, 12, 32]), np.array([48, 48, 60])),
+                                  [False, True, False])
+    assert not t.layer_interpolated(big, 0, 40)  # a removed layer costs nothing either way
+    dw = layer(DW, 32, 32, "dw")
+    assert not t.layer_interpolated(dw, 24, 24) and t.layer_interpolated(dw, 20, 20)
+    # the interp weight applies to exactly the interpolated time, and survives a round trip
+    t.calibration = Calibration(1.1, 0.9, 0.05, "interp", [], {}, 1.5)
+    assert t.calibration.apply(10.0, 2.0, 4.0) == pytest.approx(1.1 * 6 + 1.5 * 4 + 0.9 * 2 + 0.05)
+    assert Calibration(1.1, 0.9, 0.05).apply(10.0, 2.0, 4.0) == pytest.approx(1.1 * 10 + 0.9 * 2 + 0.05)
+    u = LatencyTable.load(t.save(tmp_path / "t.json"))
+    assert u.calibration.d == 1.5 and u.calibration.method == "interp"

@@ -71,6 +71,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's current)")
     p.add_argument("-o", "--output", required=True, help="table file to write (JSON)")
     p.add_argument("--overwrite", action="store_true", help="re-profile even if the output table exists")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="the output table exists: re-take only its end-to-end calibration on this machine now "
+                        "(a minute, not a profile) and rewrite it; for a machine whose speed has changed")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
@@ -84,6 +87,18 @@ def run(args: argparse.Namespace) -> int:
 
     model, size = load_model(args.model, args.num_classes)
     x = example_input(size, args.input)
+    if args.recalibrate:
+        if not Path(args.output).is_file():
+            raise ValueError(f"--recalibrate needs an existing table at {args.output}; profile one first (drop "
+                             "--recalibrate)")
+        table = halp.LatencyTable.load(args.output)
+        before = table.calibration
+        halp.recalibrate(table, model, x, threads=args.threads)
+        table.save(args.output)
+        c = table.calibration
+        print(f"recalibrated {args.output}: measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms "
+              f"(was {before.a:.3f} x layers + {before.b:.3f} x ops + {before.c:.3f} ms)")
+        return 0
     reusing = Path(args.output).exists() and not args.overwrite
     table = halp.profile(
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,

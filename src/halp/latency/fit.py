@@ -42,22 +42,28 @@ def fit_line(volume: Sequence[float], ms: Sequence[float]) -> tuple[float, float
     return float(x[0]), float(x[1])
 
 
-#: calibration forms, simplest first: columns of the design matrix from (layers, ops)
-CALIBRATION_FORMS = ("scale", "affine", "split")
+#: calibration forms, simplest first (see :func:`fit_calibration`)
+CALIBRATION_FORMS = ("scale", "affine", "interp", "split")
+_UNKNOWNS = {"scale": 1, "affine": 2, "interp": 3, "split": 3}
 
 
-def _design(form: str, lay: np.ndarray, ops: np.ndarray) -> np.ndarray:
+def _design(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray) -> np.ndarray:
+    """Design matrix; ``lay`` is the whole layer sum, ``interp`` the part of it read between measured points."""
+    one = np.ones_like(lay)
     if form == "scale":
         return (lay + ops)[:, None]
     if form == "affine":
-        return np.stack([lay + ops, np.ones_like(lay)], axis=1)
-    return np.stack([lay, ops, np.ones_like(lay)], axis=1)
+        return np.stack([lay + ops, one], axis=1)
+    if form == "interp":
+        return np.stack([lay - interp + ops, interp, one], axis=1)
+    return np.stack([lay, ops, one], axis=1)
 
 
-def _solve(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Huber-weighted NNLS on relative residuals: one end-to-end run disturbed by another process on a
-    shared machine must not tilt the whole calibration."""
-    a = _design(form, lay, ops)
+def _solve(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray,
+           y: np.ndarray) -> tuple[float, float, float, float]:
+    """``(a, b, c, d)`` by Huber-weighted NNLS on relative residuals: one end-to-end run disturbed by
+    another process on a shared machine must not tilt the whole calibration."""
+    a = _design(form, lay, ops, interp)
     w = 1.0 / np.maximum(y, 1e-12)  # relative errors: small and large models count alike
     robust = np.ones_like(y)
     for _ in range(6 if y.size > a.shape[1] + 2 else 1):
@@ -67,51 +73,65 @@ def _solve(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> tuple[
         delta = max(1.5 * scale, 0.005)  # residuals under 0.5% are never down-weighted
         robust = np.sqrt(np.minimum(1.0, delta / np.maximum(np.abs(rel), 1e-12)))
     if form == "scale":
-        return float(x[0]), float(x[0]), 0.0
+        return float(x[0]), float(x[0]), 0.0, float(x[0])
     if form == "affine":
-        return float(x[0]), float(x[0]), float(x[1])
-    return float(x[0]), float(x[1]), float(x[2])
+        return float(x[0]), float(x[0]), float(x[1]), float(x[0])
+    if form == "interp":
+        return float(x[0]), float(x[0]), float(x[2]), float(x[1])
+    return float(x[0]), float(x[1]), float(x[2]), float(x[0])
 
 
-def _loo(form: str, lay: np.ndarray, ops: np.ndarray, y: np.ndarray) -> float:
+def _loo(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, y: np.ndarray) -> float:
     """Leave-one-out RMS relative error of a calibration form."""
     errs = []
     for i in range(y.size):
         m = np.arange(y.size) != i
-        a, b, c = _solve(form, lay[m], ops[m], y[m])
-        errs.append((a * lay[i] + b * ops[i] + c) / y[i] - 1.0)
+        a, b, c, d = _solve(form, lay[m], ops[m], interp[m], y[m])
+        errs.append((a * (lay[i] - interp[i]) + d * interp[i] + b * ops[i] + c) / y[i] - 1.0)
     return float(np.sqrt(np.mean(np.square(errs))))
 
 
 def fit_calibration(
-    layers_ms: Sequence[float], ops_ms: Sequence[float], measured_ms: Sequence[float]
-) -> tuple[float, float, float, str, dict[str, float]]:
-    """Fit ``measured ≈ a·layers + b·ops + c`` with ``a, b, c >= 0`` (relative errors, Huber-robust).
+    layers_ms: Sequence[float], ops_ms: Sequence[float], measured_ms: Sequence[float],
+    interp_ms: Sequence[float] | None = None,
+) -> tuple[float, float, float, float, str, dict[str, float]]:
+    """Fit ``measured ≈ a·(layers − interp) + d·interp + b·ops + c`` with all terms ``>= 0``.
 
-    The layer and op sums grow together as widths change, so a free three-term fit on a dozen noisy
-    measurements can trade one for the other (e.g. ``a = 0``) and extrapolate badly. Three forms are
-    therefore compared by leave-one-out error and the simplest one within 5% of the best is kept:
-    ``scale`` (``a = b``, ``c = 0``), ``affine`` (``a = b``) and ``split`` (all three free).
+    ``interp_ms`` is the part of each layer sum read *between* measured grid points. It gets its own
+    weight because on a CPU a width off the measured points can run markedly slower than interpolation
+    says (SIMD/tile remainders, other kernels): calibrating with one weight for all layer time fitted
+    ResNet-50's slim networks only by over-predicting its dense model (whose layers all sit on measured
+    points) by 8–10%.
+
+    The layer and op sums grow together as widths change, so a free fit on a dozen noisy measurements
+    can trade one term for another and extrapolate badly. The forms are therefore compared by
+    leave-one-out error and the simplest one within 5% of the best is kept: ``scale`` (one factor),
+    ``affine`` (a factor and a constant), ``interp`` (measured and interpolated layer time weighted
+    apart, ops with the measured layers) and ``split`` (layers and ops apart, ``d = a``).
 
     Returns:
-        ``(a, b, c, form, loo)``: the coefficients, the chosen form (``"identity"`` without samples)
+        ``(a, b, c, d, form, loo)``: the coefficients, the chosen form (``"identity"`` without samples)
         and the leave-one-out RMS relative error of every form that could be assessed.
     """
     lay = np.asarray(layers_ms, dtype=np.float64)
     ops = np.asarray(ops_ms, dtype=np.float64)
     y = np.asarray(measured_ms, dtype=np.float64)
+    interp = np.zeros_like(lay) if interp_ms is None else np.asarray(interp_ms, dtype=np.float64)
     if y.size == 0:
-        return 1.0, 1.0, 0.0, "identity", {}
+        return 1.0, 1.0, 0.0, 1.0, "identity", {}
     distinct = np.unique(np.round(lay + ops, 9)).size
-    # each form needs two more distinct samples than unknowns for its leave-one-out error to mean anything
-    usable = [f for f, k in zip(CALIBRATION_FORMS, (1, 2, 3)) if distinct >= k + 2] or ["scale"]
-    loo = {f: _loo(f, lay, ops, y) for f in usable} if y.size >= 3 else {}
+    # each form needs two more distinct samples than unknowns for its leave-one-out error to mean anything;
+    # the interp form also needs interpolated time that varies, or its weight would be arbitrary
+    varied_interp = np.unique(np.round(interp, 9)).size >= 4 and bool(np.any(interp > 0))
+    usable = [f for f in CALIBRATION_FORMS if distinct >= _UNKNOWNS[f] + 2 and (f != "interp" or varied_interp)]
+    usable = usable or ["scale"]
+    loo = {f: _loo(f, lay, ops, interp, y) for f in usable} if y.size >= 3 else {}
     form = usable[0]
     for f in usable[1:]:
         if loo[f] < 0.95 * loo[form]:
             form = f
-    a, b, c = _solve(form, lay, ops, y)
-    return a, b, c, form, loo
+    a, b, c, d = _solve(form, lay, ops, interp, y)
+    return a, b, c, d, form, loo
 
 
 STAIRCASE_PERIODS = (2, 4, 8, 16, 32)

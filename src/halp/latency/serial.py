@@ -87,6 +87,8 @@ def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, An
     }
     c = table.calibration
     calib = {"a": c.a, "b": c.b, "c": c.c, "method": c.method, "loo_rel_rmse": c.loo_rel_rmse, "samples": c.samples}
+    if c.d is not None:
+        calib["d"] = c.d
     return {"format": fmt, "format_version": version, "meta": table.meta, "layers": entries, "ops": ops,
             "calibration": calib}
 
@@ -133,7 +135,8 @@ def table_from_dict(
     c = data["calibration"]
     try:
         calib = Calibration(float(c["a"]), float(c["b"]), float(c["c"]), str(c["method"]), list(c.get("samples", [])),
-                            {str(k): float(v) for k, v in dict(c.get("loo_rel_rmse", {})).items()})
+                            {str(k): float(v) for k, v in dict(c.get("loo_rel_rmse", {})).items()},
+                            None if c.get("d") is None else float(c["d"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"calibration is malformed: {exc!s}")
     return meta, entries, ops, calib

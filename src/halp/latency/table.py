@@ -100,6 +100,17 @@ class LayerEntry:
             )
         return self._lists
 
+    def measured(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        """Where :meth:`lookup` returns a measurement rather than an interpolation: a grid point, or the
+        fine sweep (at full cin)."""
+        fine = self.fine_cout
+        on_fine = (cout >= fine[0]) & (cout <= fine[-1]) if fine.size else np.zeros(np.shape(cout), dtype=bool)
+        on_grid = np.isin(cout, self.cout)
+        if not self.depthwise:
+            on_fine = on_fine & (cin == self.cin_full)
+            on_grid = on_grid & np.isin(cin, self.cin)
+        return on_fine | on_grid
+
     def covers_one(self, cin: int, cout: int) -> bool:
         gin, gout, *_ = self._as_lists()
         return gout[0] <= cout <= gout[-1] and (self.depthwise or gin[0] <= cin <= gin[-1])
@@ -191,6 +202,9 @@ class Calibration:
 
     ``samples`` holds ``{"label", "layers_ms", "ops_ms", "measured_ms", "noise_ms", "widths"}`` per model
     measured, so the fit can be checked or redone.
+
+    ``d`` weighs the layer time read *between* measured grid points (``interp`` form; ``None``: as
+    ``a``), which on a CPU can run slower than interpolation says.
     """
 
     a: float = 1.0
@@ -199,9 +213,12 @@ class Calibration:
     method: str = "identity"
     samples: list[dict[str, Any]] = field(default_factory=list)
     loo_rel_rmse: dict[str, float] = field(default_factory=dict)
+    d: float | None = None
 
-    def apply(self, layers_ms: float, ops_ms: float) -> float:
-        return self.a * layers_ms + self.b * ops_ms + self.c
+    def apply(self, layers_ms: Any, ops_ms: Any, interp_ms: Any = 0.0) -> Any:
+        """Calibrated latency; ``layers_ms`` is the whole layer sum, ``interp_ms`` the interpolated part of it."""
+        d = self.a if self.d is None else self.d
+        return self.a * (layers_ms - interp_ms) + d * interp_ms + self.b * ops_ms + self.c
 
 
 class LatencyTable:
@@ -316,6 +333,23 @@ class LatencyTable:
             self._outside(layer, e, ci[todo], co[todo], extrapolate)
             out[todo] = np.maximum(e.lookup(ci[todo], co[todo]), 0.0)
         return out
+
+    def layer_interpolated(self, layer: Layer, cin: int | np.ndarray, cout: int | np.ndarray) -> bool | np.ndarray:
+        """Whether :meth:`layer_latency` reads ``layer`` at these widths between measured points (from the
+        entry it would use); a removed layer (width 0) is not."""
+        cands = self._candidates(layer)
+        if not cands:
+            self.entry_for(layer)
+        ci, co = np.broadcast_arrays(np.asarray(cin, dtype=np.int64), np.asarray(cout, dtype=np.int64))
+        out = np.zeros(ci.shape, dtype=bool)
+        todo = (ci > 0) & (co > 0)
+        for e in cands:
+            m = todo & e.covers(ci, co)
+            if np.any(m):
+                out[m] = ~e.measured(ci[m], co[m])
+                todo &= ~m
+        out[todo] = True  # extrapolated
+        return bool(out) if out.ndim == 0 else out
 
     def _layer_latency_one(self, layer: Layer, cands: list[LayerEntry], cin: int, cout: int, policy: str) -> float:
         if cin < 0 or cout < 0:
