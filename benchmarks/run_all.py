@@ -1,6 +1,6 @@
 """Reruns every paper-figure experiment, in order, each resumable (finished cells are skipped).
 
-    python benchmarks/run_all.py --quick        # the preset docs/results.md reports (~1 h on 2 busy cores)
+    python benchmarks/run_all.py --quick        # the preset docs/results.md reports (~1.5-2 h on 2 cores)
     python benchmarks/run_all.py                # the issue's full grid (days on 2 cores; see docs/results.md)
     python benchmarks/run_all.py --only pareto widths
 
