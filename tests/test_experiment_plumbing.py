@@ -139,3 +139,21 @@ def test_store_drop_forgets_matching_cells_on_disk(tmp_path: Path) -> None:
     again = ex.CellStore(path, "demo")
     assert len(again) == 1 and {"budget": 0.5, "method": "halp"} in again
     assert again.drop(lambda c: False) == 0
+
+
+def test_fidelity_metrics_and_noise():
+    """The fidelity benchmark's numbers: exact predictions give r = 1 and no error; a uniform 10% over-prediction
+    keeps r = 1 (reductions scale alike) and gives a 10% error; a shuffled prediction breaks r."""
+    import latency_fidelity as lf
+
+    measured = [40.0, 35.0, 30.0, 22.0, 18.0]
+    out = {"dense": {"measured_ms": 50.0, "iqr_ms": 5.0, "exact": 50.0, "high": 55.0, "shuffled": 50.0},
+           "variants": [{"measured_ms": m, "iqr_ms": 0.1 * m, "exact": m, "high": 1.1 * m, "shuffled": s}
+                        for m, s in zip(measured, [18.0, 40.0, 22.0, 35.0, 30.0])]}
+    exact = lf.metrics(out, "exact")
+    assert exact["pearson_r_reduction"] == pytest.approx(1.0) and exact["median_abs_rel_error"] == 0.0
+    high = lf.metrics(out, "high")
+    assert high["pearson_r_reduction"] == pytest.approx(1.0)
+    assert high["median_abs_rel_error"] == pytest.approx(0.1) and high["dense_rel_error"] == pytest.approx(0.1)
+    assert lf.metrics(out, "shuffled")["pearson_r_reduction"] < 0.5
+    assert lf.noise(out) == pytest.approx(0.1)
