@@ -198,3 +198,9 @@ def test_bad_input_raises_value_error(kwargs, message):
 def test_infeasible_message_says_by_how_much():
     with pytest.raises(ValueError, match=r"costs 3, which exceeds the capacity 2 by 1 "):
         solve([np.array([1.0, 2.0])], [np.ones(2)], 2.0, min_keep=2)
+
+
+def test_subnormal_capacity_is_no_free_budget():
+    """Found by hypothesis: a capacity of 5e-324 made the grid step underflow to 0 (ZeroDivisionError)."""
+    r = solve_detailed([np.array([1.0])], [np.array([0.0])], 5e-324, min_keep=[0], max_keep=[1])
+    assert list(r.keep) == [0] and r.total_cost == 0.0 and r.slack == 0.0

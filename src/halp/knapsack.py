@@ -157,6 +157,8 @@ def default_resolution(capacity: float, free: float, groups: int) -> float:
         return 1.0  # nothing to discretise: every group is fixed or there is no free budget
     ref = min(capacity, free) if capacity > 0 else free
     res = DEFAULT_LOSS * ref / groups
+    if not res > 0:  # a free budget so small (subnormal) that 0.1% of it underflows: as good as none
+        return 1.0
     if free / res > MAX_DEFAULT_CELLS:
         res = free / MAX_DEFAULT_CELLS
         log.info(
@@ -218,7 +220,9 @@ def solve_detailed(
     # Per group: allowed prefix lengths and their extra cost above the group's cheapest choice.
     ms = [np.arange(l, h + 1) for l, h in zip(p.lo, p.hi)]
     extra = [np.maximum(c[m] - b, 0.0) for c, m, b in zip(p.prefix_cost, ms, base)]
-    active = sum(1 for e in extra if e.max() > 0)  # groups whose choice can lose to rounding
+    # groups whose choice can lose to rounding: those with a costlier choice that fits the free budget
+    # (a choice that does not fit is out at any resolution)
+    active = sum(1 for e in extra if np.any((e > 0) & (e <= free * (1 + 1e-12))))
     if resolution is None:
         res = default_resolution(p.capacity, free, active)
     else:
@@ -233,7 +237,6 @@ def solve_detailed(
             np.minimum(np.ceil(np.maximum(e / res - _CELL_TOL, 0.0)), budget + 1).astype(np.int64) for e in extra
         ]
     W = int(min(budget, sum(int(k.max()) for k in cells_of)))
-    active = sum(1 for k in cells_of if k.max() > 0)
     if G * (W + 1) > MAX_TABLE_ELEMENTS:
         raise ValueError(
             f"resolution {res:.3g} gives {W + 1} cells x {G} groups, too large a table; use a coarser "
