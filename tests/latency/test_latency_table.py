@@ -254,6 +254,11 @@ def test_interpolated_flags_and_their_own_calibration_weight(tmp_path):
     np.testing.assert_array_equal(t.layer_interpolated(big, np.array([16, 12, 32]), np.array([48, 48, 60])),
                                   [False, True, False])
     assert not t.layer_interpolated(big, 0, 40)  # a removed layer costs nothing either way
+    # the scalar fast path (the pruner's inner loop) agrees with the vectorised one everywhere, outside the grid too
+    ci, co = np.meshgrid(np.arange(0, 40), np.arange(0, 70), indexing="ij")
+    flags = t.layer_interpolated(big, ci, co)
+    assert all(bool(flags[i, j]) == t.layer_interpolated(big, int(ci[i, j]), int(co[i, j]))
+               for i in range(ci.shape[0]) for j in range(ci.shape[1]))
     dw = layer(DW, 32, 32, "dw")
     assert not t.layer_interpolated(dw, 24, 24) and t.layer_interpolated(dw, 20, 20)
     # the interp weight applies to exactly the interpolated time, and survives a round trip

@@ -111,6 +111,13 @@ class LayerEntry:
             on_grid = on_grid & np.isin(cin, self.cin)
         return on_fine | on_grid
 
+    def measured_one(self, cin: int, cout: int) -> bool:
+        """Scalar :meth:`measured` (the pruner's inner loop asks this once per layer and prediction)."""
+        gin, gout, _, f0, f1, _ = self._as_lists()
+        if f0 <= cout <= f1 and (self.depthwise or cin == self.cin_full):
+            return True
+        return cout in gout and (self.depthwise or cin in gin)
+
     def covers_one(self, cin: int, cout: int) -> bool:
         gin, gout, *_ = self._as_lists()
         return gout[0] <= cout <= gout[-1] and (self.depthwise or gin[0] <= cin <= gin[-1])
@@ -340,6 +347,12 @@ class LatencyTable:
         cands = self._candidates(layer)
         if not cands:
             self.entry_for(layer)
+        if np.ndim(cin) == 0 and np.ndim(cout) == 0:
+            cin, cout = int(cin), int(cout)
+            if cin <= 0 or cout <= 0:
+                return False
+            e = next((e for e in cands if e.covers_one(cin, cout)), None)
+            return True if e is None else not e.measured_one(cin, cout)  # None: extrapolated
         ci, co = np.broadcast_arrays(np.asarray(cin, dtype=np.int64), np.asarray(cout, dtype=np.int64))
         out = np.zeros(ci.shape, dtype=bool)
         todo = (ci > 0) & (co > 0)
@@ -349,7 +362,7 @@ class LatencyTable:
                 out[m] = ~e.measured(ci[m], co[m])
                 todo &= ~m
         out[todo] = True  # extrapolated
-        return bool(out) if out.ndim == 0 else out
+        return out
 
     def _layer_latency_one(self, layer: Layer, cands: list[LayerEntry], cin: int, cout: int, policy: str) -> float:
         if cin < 0 or cout < 0:
