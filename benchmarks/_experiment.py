@@ -489,6 +489,20 @@ def argparse_suppress() -> str:
     return argparse.SUPPRESS
 
 
+def cells_path(experiment: str, p: Preset) -> Path:
+    """Where an experiment keeps the finished cells of a preset."""
+    return RESULTS / "cells" / f"{experiment}-{p.name}.json"
+
+
+def open_cells(experiment: str, p: Preset, remeasure: bool = False, measure_key: str = "measure") -> CellStore:
+    """The experiment's cell store for preset ``p``; ``remeasure`` forgets this preset's joint latency
+    measurements (cells keyed by ``measure_key``) so that they are taken again."""
+    store = CellStore(cells_path(experiment, p), experiment)
+    if remeasure:
+        store.drop(lambda c: measure_key in c and c.get("preset") == p.name)
+    return store
+
+
 def preset_from_args(args: Any) -> Preset:
     return preset(args.quick, args.threads, smoke=getattr(args, "smoke", False))
 
@@ -513,7 +527,7 @@ def std(values: Iterable[float]) -> float:
 
 
 __all__ = [
-    "CellStore", "FULL", "Match", "Preset", "QUICK", "RESULTS", "ROOT", "add_common_args", "calibration_batches",
+    "CellStore", "FULL", "cells_path", "open_cells", "Match", "Preset", "QUICK", "RESULTS", "ROOT", "add_common_args", "calibration_batches",
     "dense_model", "example_input", "finetune", "latency_table", "loaders", "machine", "match_knob",
     "measure", "measure_joint", "model_stats", "preset", "schedule", "setup", "slim_copy", "write_json",
 ]

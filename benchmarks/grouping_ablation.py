@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
-    store = ex.CellStore(ex.RESULTS / "cells" / f"grouping-{p.name}.json", EXPERIMENT)
-    if args.remeasure:
-        store.drop(lambda c: "measure" in c and c.get("preset") == p.name)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure)
     variants = {str(s): {"grouping": s} for s in SIZES}
     rows = []
     auto_steps = {}

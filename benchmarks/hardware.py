@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--cuda needs a CUDA GPU; none is visible to torch")
         backends.append("torch-cuda")
-    store = ex.CellStore(ex.RESULTS / "cells" / f"hardware-{p.name}.json", EXPERIMENT)
-    if args.remeasure:
-        store.drop(lambda c: "measure_on" in c and c.get("preset") == p.name)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure, measure_key="measure_on")
     results = []
     for model in p.ablation_models:
         for seed in p.ablation_seeds:

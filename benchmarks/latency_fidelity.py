@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import halp
-from halp.latency import measure_many, predict_from_widths, predict_latency
+from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
 from halp.latency.calibrate import fit_samples, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
@@ -74,9 +74,10 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     jitter = None if args.jitter < 0 else args.jitter
     widths = [random_widths(graph, rng, args.low, 1.0, steps=steps, jitter=jitter) for _ in range(args.variants)]
     variants = [slim_variant(model, graph, w) for w in widths]
-    for v, w in zip(variants, widths):
+    feats = [split_features(graph, table, w) for w in [{}, *widths]]  # the pruner's path: dense graph + widths
+    for v, f in zip(variants, feats[1:]):
         p = predict_latency(v, x, table)  # traces the slim model
-        fast = predict_from_widths(graph, table, w)  # the pruner's path: dense graph + widths
+        fast = table.calibration.apply(*f)  # = predict_from_widths(graph, table, widths)
         if abs(p - fast) > 1e-9 * max(p, 1.0):
             raise RuntimeError(f"predict_latency {p} != predict_from_widths {fast}")
     # the calibration's own slim variants (other random networks than the ones scored) are measured in
@@ -108,7 +109,6 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         session += [{"label": s["label"], "widths": s["widths"], "measured_ms": st.summary(args.statistic),
                      "noise_ms": st.iqr_ms} for s, st in zip(cal_samples, stats[1 + len(variants):])]
         calib["session"] = fit_samples(graph, table, session)
-    feats = [split_features(graph, table, w) for w in [{}, *widths]]
     out = {
         "model": name,
         "input": list(x.shape),

@@ -406,9 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p = replace(p, models=tuple(args.models or p.models), tasks=tuple(args.tasks or p.tasks),
                    seeds=tuple(args.seeds if args.seeds is not None else p.seeds))
     ex.setup(p, args.quiet)
-    store = ex.CellStore(ex.RESULTS / "cells" / f"pareto-{p.name}.json", EXPERIMENT)
-    if args.remeasure:
-        store.drop(lambda c: "measure" in c and c.get("preset") == p.name)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure)
     for model in p.models:
         for task in p.tasks:
             for seed in p.seeds:

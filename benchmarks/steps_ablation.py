@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
-    store = ex.CellStore(ex.RESULTS / "cells" / f"steps-{p.name}.json", EXPERIMENT)
-    if args.remeasure:
-        store.drop(lambda c: "measure" in c and c.get("preset") == p.name)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure)
     variants = {str(k): {"steps": k} for k in KS}
     rows, schedules = [], {}
     for model in p.ablation_models:

@@ -52,7 +52,7 @@ def on_edge(width: int, info: dict[str, Any]) -> bool:
 
 
 def collect(p: ex.Preset) -> list[dict[str, Any]]:
-    path = ex.RESULTS / "cells" / f"pareto-{p.name}.json"
+    path = ex.cells_path("pareto", p)
     if not path.is_file():
         raise ValueError(f"{path} does not exist: run `python benchmarks/pareto.py{' --quick' if p.name == 'quick' else ''}` first")
     store = ex.CellStore(path, "pareto")

@@ -200,6 +200,14 @@ class _Profiler:
         return OpModel(overhead, slope, samples)
 
 
+def _calibrate(model: nn.Module, inputs: tuple[torch.Tensor, ...], graph: Any, table: LatencyTable, be: Backend,
+               store: MeasurementStore, cfg: ProfileSettings, on_measured: Any = None) -> Any:
+    """The end-to-end calibration as the settings ask for it (a profile and a recalibration alike)."""
+    return calibrate(model, inputs, graph, table, be, store, samples=cfg.calibration_samples, low=cfg.calibration_low,
+                     rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(), statistic=cfg.statistic,
+                     on_measured=on_measured)
+
+
 def _metadata(be: Backend, cfg: ProfileSettings, model: nn.Module, inputs: tuple[torch.Tensor, ...],
               name: str | None, gh: str) -> dict[str, Any]:
     """Everything needed to reproduce (or refuse to mix) a measurement."""
@@ -315,12 +323,7 @@ def profile(
                 ops[kind] = prof.op_kind(kind, configs)
             table = LatencyTable(meta, entries, ops)
             bar.set_postfix_str("calibration", refresh=False)
-            table.calibration = calibrate(
-                model, inputs, graph, table, be, store, samples=cfg.calibration_samples,
-                low=cfg.calibration_low, rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(),
-                statistic=cfg.statistic,
-                on_measured=bar.update,
-            )
+            table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg, on_measured=bar.update)
     finally:
         store.flush()
         bar.total = bar.n  # the estimate counted every axis as prunable
@@ -383,10 +386,7 @@ def recalibrate(
     store = MeasurementStore(None, {})
     with be, torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        table.calibration = calibrate(
-            model, inputs, graph, table, be, store, samples=cfg.calibration_samples, low=cfg.calibration_low,
-            rounds=cfg.calibration_rounds, seed=cfg.seed, timing=cfg.e2e_timing(), statistic=cfg.statistic,
-        )
+        table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
     meta["recalibrated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     logger.info("recalibrated: measured ≈ %.3f·layers + %.3f·ops + %.3f ms", table.calibration.a,
                 table.calibration.b, table.calibration.c)
