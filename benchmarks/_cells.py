@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,7 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+try:  # POSIX; elsewhere concurrent runs of one experiment are not supported
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("experiment")
 
@@ -42,11 +48,12 @@ class CellStore:
     def __init__(self, path: str | os.PathLike[str], experiment: str) -> None:
         self.path = Path(path)
         self.experiment = experiment
-        self._cells: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            self._load()
+        self._cells: dict[str, dict[str, Any]] = self._read()
 
-    def _load(self) -> None:
+    def _read(self) -> dict[str, dict[str, Any]]:
+        """The cells on disk (none when the file does not exist yet)."""
+        if not self.path.exists():
+            return {}
         text = self.path.read_text()
         try:
             data = json.loads(text)
@@ -61,7 +68,44 @@ class CellStore:
             raise ValueError(
                 f"{self.path} holds cells of experiment {data.get('experiment')!r}, not {self.experiment!r}"
             )
-        self._cells = data["cells"]
+        return dict(data["cells"])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialises read-modify-write of the file between processes (POSIX advisory lock on a sidecar)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _update(self, put: tuple[str, dict[str, Any]] | None = None, drop: Iterable[str] = ()) -> None:
+        """Applies one change to the cells *on disk* and rewrites the file atomically.
+
+        The file, not this object's memory, is the truth: two runs of one experiment (say, one model per
+        core) each add their own cells and keep the other's, and a dropped cell is not written back by a
+        run that loaded it earlier.
+        """
+        with self._locked():
+            cells = self._read()
+            for key in drop:
+                cells.pop(key, None)
+            if put is not None:
+                cells[put[0]] = put[1]
+            data = {"format": self.FORMAT, "experiment": self.experiment, "cells": cells}
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(data, fh, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        self._cells = cells
 
     @staticmethod
     def key(params: Mapping[str, Any]) -> str:
@@ -84,30 +128,19 @@ class CellStore:
     def put(self, params: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """Records a finished cell and rewrites the file atomically (a kill leaves the old or new file)."""
         key = self.key(params)
-        cell = {"params": json.loads(key), "result": json.loads(json.dumps(dict(result)))}
-        self._cells[key] = cell
-        self._write()
-
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": self.FORMAT, "experiment": self.experiment, "cells": self._cells}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self._update(put=(key, {"params": json.loads(key), "result": json.loads(json.dumps(dict(result)))}))
 
     def drop(self, match: Callable[[dict[str, Any]], bool]) -> int:
         """Forgets the cells whose parameters satisfy ``match`` (e.g. to measure again); returns how many."""
+        self.refresh()
         gone = [k for k, c in self._cells.items() if match(c["params"])]
-        for k in gone:
-            del self._cells[k]
         if gone:
-            self._write()
+            self._update(drop=gone)
         return len(gone)
+
+    def refresh(self) -> None:
+        """Re-reads the file, picking up cells another run of the same experiment finished meanwhile."""
+        self._cells = self._read()
 
     def run(self, params: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
         """The stored result of ``params``, computing and storing it first if the cell is not finished."""
@@ -123,7 +156,8 @@ class CellStore:
         return self.get(params) or result
 
     def records(self) -> list[dict[str, Any]]:
-        """Every finished cell as ``params | result``, in a stable order."""
+        """Every finished cell (this run's and any concurrent run's) as ``params | result``, in a stable order."""
+        self.refresh()
         return [{**c["params"], **c["result"]} for _, c in sorted(self._cells.items())]
 
 

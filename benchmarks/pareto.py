@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -304,9 +305,9 @@ def dense_rows(store: ex.CellStore, p: ex.Preset) -> dict[tuple[str, str], dict[
             d["latency_ms"].append(r["dense_ms"])
     for (model, task), d in out.items():
         for seed in p.seeds:
-            meta = ex.RESULTS / "dense" / f"{model}-{task}-{p.tag()}-s{seed}" / "halp_model.json"
-            if meta.is_file():
-                d["accuracy"].append(json.loads(meta.read_text())["meta"]["accuracy"])
+            acc = ex.dense_accuracy(model, task, p.for_model(model), seed)
+            if acc is not None:
+                d["accuracy"].append(acc)
         chans = 1 if task == "digits" else 3
         m = halp.models.create(model, num_classes=10, in_chans=chans)
         d["flops"] = [count_macs(build_graph(m, torch.zeros(1, chans, 32, 32)))]
@@ -345,6 +346,7 @@ def table_markdown(rows: list[dict[str, Any]], dense: dict, p: ex.Preset) -> str
     lines.append("[x] = measured latency over HALP's slim model's (joint interleaved measurement); ⚠ = outside "
                  f"±{100 * p.match_tol:.0f}%. HALP's bracket is its measured latency over dense. One accuracy on "
                  "the 4,000 test images has a binomial standard error of about 0.8 points near 50%.")
+    lines += paired_markdown(rows, keys)
     lines += ["", "HALP's table against the measurement (latency / dense):", "",
               "| model | task | budget | predicted by the table | measured | MACs / dense |", "|---|---|---|---|---|---|"]
     for model, task, budget in keys:
@@ -355,6 +357,30 @@ def table_markdown(rows: list[dict[str, Any]], dense: dict, p: ex.Preset) -> str
             lines.append(f"| {model} | {task} | {budget:g} | {ex.mean(r['predicted_vs_dense'] for r in mine):.3f} | "
                          f"{ex.mean(r['latency_vs_dense'] for r in mine):.3f} | {macs:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def paired_markdown(rows: list[dict[str, Any]], keys: list[tuple[str, str, float]]) -> list[str]:
+    """HALP minus each baseline on the same seed (same dense model, same fine-tuning data order), per seed
+    and as mean ± standard error: the seeds differ mostly through their dense models, so this is the
+    comparison with the least noise."""
+    lines = ["", "HALP − baseline, paired by seed (points; per seed, then mean ± standard error):", "",
+             "| model | task | budget | " + " | ".join(f"vs {m}" for m in BASELINES) + " |",
+             "|---|---|---|" + "---|" * len(BASELINES)]
+    for model, task, budget in keys:
+        by = {(r["method"], r["seed"]): r["accuracy"] for r in rows
+              if (r["model"], r["task"], r["budget"]) == (model, task, budget)}
+        cells = []
+        for m in BASELINES:
+            seeds = sorted(s for (mm, s) in by if mm == m and ("halp", s) in by)
+            diffs = [100 * (by[("halp", s)] - by[(m, s)]) for s in seeds]
+            if not diffs:
+                cells.append("—")
+                continue
+            se = ex.std(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+            per = " / ".join(f"{d:+.2f}" for d in diffs)
+            cells.append(f"{per} → **{ex.mean(diffs):+.2f}** ± {se:.2f}" if len(diffs) > 1 else per)
+        lines.append(f"| {model} | {task} | {budget:g} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], dense: dict, path_latency: Path, path_flops: Path) -> None:
@@ -400,11 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", help="override the preset's models")
     ap.add_argument("--tasks", nargs="*", help="override the preset's tasks")
     ap.add_argument("--seeds", nargs="*", type=int, help="override the preset's seeds")
+    ap.add_argument("--budgets", nargs="*", type=float, help="override the preset's budgets (the report keeps "
+                    "every finished cell)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     p = replace(p, models=tuple(args.models or p.models), tasks=tuple(args.tasks or p.tasks),
-                   seeds=tuple(args.seeds if args.seeds is not None else p.seeds))
+                   seeds=tuple(args.seeds if args.seeds is not None else p.seeds),
+                   budgets=tuple(args.budgets or p.budgets))
     ex.setup(p, args.quiet)
     store = ex.open_cells(EXPERIMENT, p, args.remeasure)
     for model in p.models:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -141,6 +142,25 @@ def test_store_drop_forgets_matching_cells_on_disk(tmp_path: Path) -> None:
     assert again.drop(lambda c: False) == 0
 
 
+def test_two_runs_of_one_experiment_keep_each_others_cells(tmp_path: Path) -> None:
+    """Two processes (say, one model per core) share a store: neither write may clobber the other's cells,
+    and a cell one run dropped is not resurrected by the other, which loaded it before the drop."""
+    path = tmp_path / "cells.json"
+    a = ex.CellStore(path, "demo")
+    a.put({"model": "a", "budget": 0.5}, {"accuracy": 0.1})
+    b = ex.CellStore(path, "demo")  # sees a's first cell
+    a.put({"model": "a", "budget": 0.8}, {"accuracy": 0.2})
+    b.put({"model": "b", "budget": 0.5}, {"accuracy": 0.3})  # b never saw a's second cell in memory
+    assert len(ex.CellStore(path, "demo")) == 3
+    assert {"model": "a", "budget": 0.8} in b  # b's write merged the file
+    assert sorted(r["accuracy"] for r in a.records()) == [0.1, 0.2, 0.3]  # records() re-reads the file
+    assert a.drop(lambda c: c["model"] == "a" and c["budget"] == 0.5) == 1
+    b.put({"model": "b", "budget": 0.8}, {"accuracy": 0.4})
+    final = ex.CellStore(path, "demo")
+    assert len(final) == 3 and {"model": "a", "budget": 0.5} not in final
+    assert final.get({"model": "b", "budget": 0.8}) == {"accuracy": 0.4}
+
+
 def test_fidelity_metrics_and_noise():
     """The fidelity benchmark's numbers: exact predictions give r = 1 and no error; a uniform 10% over-prediction
     keeps r = 1 (reductions scale alike) and gives a 10% error; a shuffled prediction breaks r."""
@@ -157,3 +177,20 @@ def test_fidelity_metrics_and_noise():
     assert high["median_abs_rel_error"] == pytest.approx(0.1) and high["dense_rel_error"] == pytest.approx(0.1)
     assert lf.metrics(out, "shuffled")["pearson_r_reduction"] < 0.5
     assert lf.noise(out) == pytest.approx(0.1)
+
+
+def test_per_model_overrides_change_the_recipe_and_the_dense_cache_key(tmp_path: Path, monkeypatch) -> None:
+    p = ex.QUICK
+    mnv2 = p.for_model("mobilenet_v2_cifar")
+    assert (mnv2.dense_lr, mnv2.dense_epochs) == (0.02, 6) and mnv2.name == p.name  # same cells, other recipe
+    assert p.for_model("resnet56") is p and mnv2.tag() != p.tag()
+    with pytest.raises(ValueError, match="may set only"):
+        dataclasses.replace(p, per_model={"resnet56": {"threads": 2}}).for_model("resnet56")
+    monkeypatch.setattr(ex, "DENSE_INDEX", tmp_path / "dense_accuracy.json")
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    assert ex.dense_accuracy("resnet56", "shapes10", p, 0) is None
+    ex.record_dense("resnet56", "shapes10", p, 0, 0.5)
+    ex.record_dense("mobilenet_v2_cifar", "shapes10", mnv2, 0, 0.25)
+    assert ex.dense_accuracy("resnet56", "shapes10", p, 0) == 0.5
+    assert ex.dense_accuracy("mobilenet_v2_cifar", "shapes10", mnv2, 0) == 0.25
+    assert ex.dense_accuracy("mobilenet_v2_cifar", "shapes10", p, 0) is None  # another recipe, another model

@@ -327,6 +327,22 @@ def test_zero_init_residual_basic_block(name: str) -> None:
         torch.testing.assert_close(block(x), x)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "mobilenet_v2"])
+def test_zero_init_residual_inverted_residual(name: str) -> None:
+    model = models.create(name, zero_init_residual=True).eval()
+    blocks = [m for m in model.modules() if isinstance(m, models.mobilenetv2.InvertedResidual)]
+    residual = [b for b in blocks if b.use_res_connect]
+    assert len(residual) == 10
+    assert all(torch.all(b.conv[-1].weight == 0) for b in residual)
+    assert all(torch.all(b.conv[-1].weight == 1) for b in blocks if not b.use_res_connect)  # no sum: untouched
+    x = torch.randn(1, residual[0].conv[0][0].in_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(residual[0](x), x)  # the block starts as the identity
+    default = models.create(name)
+    assert all(torch.all(b.conv[-1].weight == 1) for b in default.modules()
+               if isinstance(b, models.mobilenetv2.InvertedResidual))
+
+
 def test_mobilenet_v2_structure() -> None:
     model = built("mobilenet_v2")
     blocks = [m for m in model.features if isinstance(m, models.mobilenetv2.InvertedResidual)]

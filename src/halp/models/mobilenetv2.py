@@ -16,6 +16,7 @@ from torch import nn
 
 from halp.models._layers import (
     ConvBNAct,
+    check_bool,
     check_positive_float,
     check_positive_int,
     check_probability,
@@ -73,6 +74,11 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.out_channels = out_channels
 
+    def zero_init_last_bn(self) -> None:
+        """Start the residual branch at zero (the block is then the identity), as for ResNets."""
+        if self.use_res_connect:
+            nn.init.zeros_(self.conv[-1].weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_res_connect:
             return x + self.conv(x)
@@ -91,6 +97,8 @@ class MobileNetV2(nn.Module):
         stem_stride: 2 for ImageNet, 1 for 32×32 inputs.
         setting: ``(t, c, n, s)`` rows, see :data:`IMAGENET_SETTING`.
         round_nearest: Channel multiple for :func:`make_divisible`.
+        zero_init_residual: Zero the last BN of every residual block; from scratch on a few thousand
+            images the network then trains at a learning rate where it otherwise stays at chance.
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class MobileNetV2(nn.Module):
         stem_stride: int = 2,
         setting: Sequence[tuple[int, int, int, int]] = IMAGENET_SETTING,
         round_nearest: int = 8,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         channels = make_divisible(32 * width_mult, round_nearest)
@@ -122,6 +131,10 @@ class MobileNetV2(nn.Module):
         )
         init_conv_bn(self)
         init_linear_normal(self, std=0.01)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, InvertedResidual):
+                    module.zero_init_last_bn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (N, last_channel, H/32, W/32) on ImageNet
@@ -137,6 +150,7 @@ def _build(
     in_chans: int,
     width_mult: float,
     dropout: float,
+    zero_init_residual: bool,
 ) -> MobileNetV2:
     return MobileNetV2(
         num_classes=check_positive_int(name, "num_classes", num_classes),
@@ -145,24 +159,35 @@ def _build(
         dropout=check_probability(name, "dropout", dropout),
         stem_stride=stem_stride,
         setting=setting,
+        zero_init_residual=check_bool(name, "zero_init_residual", zero_init_residual),
     )
 
 
 @register_model("mobilenet_v2", input_size=(3, 224, 224))
 def mobilenet_v2(
-    *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    width_mult: float = 1.0,
+    dropout: float = 0.2,
+    zero_init_residual: bool = False,
 ) -> MobileNetV2:
     """MobileNet-V2 (3,504,872 parameters at 1000 classes, width 1.0)."""
     return _build(
-        "mobilenet_v2", IMAGENET_SETTING, 2, num_classes, in_chans, width_mult, dropout
+        "mobilenet_v2", IMAGENET_SETTING, 2, num_classes, in_chans, width_mult, dropout, zero_init_residual
     )
 
 
 @register_model("mobilenet_v2_cifar", input_size=(3, 32, 32))
 def mobilenet_v2_cifar(
-    *, num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    width_mult: float = 1.0,
+    dropout: float = 0.2,
+    zero_init_residual: bool = False,
 ) -> MobileNetV2:
     """MobileNet-V2 for 32×32 inputs: stride-1 stem and stride-1 24-channel stage; same names."""
     return _build(
-        "mobilenet_v2_cifar", CIFAR_SETTING, 1, num_classes, in_chans, width_mult, dropout
+        "mobilenet_v2_cifar", CIFAR_SETTING, 1, num_classes, in_chans, width_mult, dropout, zero_init_residual
     )
