@@ -536,12 +536,18 @@ def cells_path(experiment: str, p: Preset) -> Path:
     return RESULTS / "cells" / f"{experiment}-{p.name}.json"
 
 
-def open_cells(experiment: str, p: Preset, remeasure: bool = False, measure_key: str = "measure") -> CellStore:
-    """The experiment's cell store for preset ``p``; ``remeasure`` forgets this preset's joint latency
-    measurements (cells keyed by ``measure_key``) so that they are taken again."""
+def open_cells(experiment: str, p: Preset, remeasure: bool = False, measure_key: str = "measure", *,
+               ablation: bool = False) -> CellStore:
+    """The experiment's cell store for preset ``p``; ``remeasure`` forgets the joint latency measurements
+    (cells keyed by ``measure_key``) of the models, tasks and seeds this run covers (the ablation grid when
+    ``ablation``), so that they are taken again. Other cells' measurements stay: taking them again would need
+    their dense models, which this machine may not have."""
     store = CellStore(cells_path(experiment, p), experiment)
     if remeasure:
-        store.drop(lambda c: measure_key in c and c.get("preset") == p.name)
+        models, tasks, seeds = ((p.ablation_models, (p.ablation_task,), p.ablation_seeds) if ablation
+                                else (p.models, p.tasks, p.seeds))
+        store.drop(lambda c: measure_key in c and c.get("preset") == p.name and c.get("model") in models
+                   and c.get("task") in tasks and c.get("seed") in seeds)
     return store
 
 

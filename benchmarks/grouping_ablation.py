@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
-    store = ex.open_cells(EXPERIMENT, p, args.remeasure)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure, ablation=True)
     variants = {str(s): {"grouping": s} for s in SIZES}
     rows = []
     auto_steps = {}

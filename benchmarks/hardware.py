@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--cuda needs a CUDA GPU; none is visible to torch")
         backends.append("torch-cuda")
-    store = ex.open_cells(EXPERIMENT, p, args.remeasure, measure_key="measure_on")
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure, measure_key="measure_on", ablation=True)
     results = []
     for model in p.ablation_models:
         for seed in p.ablation_seeds:

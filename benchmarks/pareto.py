@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="*", type=float, help="override the preset's budgets (the report keeps "
                     "every finished cell)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite pareto.json/.md and the figures from the finished cells; train and measure nothing")
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     p = replace(p, models=tuple(args.models or p.models), tasks=tuple(args.tasks or p.tasks),
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                    budgets=tuple(args.budgets or p.budgets))
     ex.setup(p, args.quiet)
     store = ex.open_cells(EXPERIMENT, p, args.remeasure)
-    for model in p.models:
+    for model in p.models if not args.report_only else ():
         for task in p.tasks:
             for seed in p.seeds:
                 ctx = ex.Context(model, task, seed, p)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
-    store = ex.open_cells(EXPERIMENT, p, args.remeasure)
+    store = ex.open_cells(EXPERIMENT, p, args.remeasure, ablation=True)
     variants = {str(k): {"steps": k} for k in KS}
     rows, schedules = [], {}
     for model in p.ablation_models:

@@ -194,3 +194,22 @@ def test_per_model_overrides_change_the_recipe_and_the_dense_cache_key(tmp_path:
     assert ex.dense_accuracy("resnet56", "shapes10", p, 0) == 0.5
     assert ex.dense_accuracy("mobilenet_v2_cifar", "shapes10", mnv2, 0) == 0.25
     assert ex.dense_accuracy("mobilenet_v2_cifar", "shapes10", p, 0) is None  # another recipe, another model
+
+
+def test_remeasure_forgets_only_the_measurements_of_the_grid_it_runs(tmp_path: Path, monkeypatch) -> None:
+    """`pareto.py --models mobilenet_v2_cifar --remeasure` must not drop ResNet-56's joint measurements: taking
+    them again would retrain ResNet-56's dense models on a machine that lacks them."""
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    p = dataclasses.replace(ex.QUICK, models=("mobilenet_v2_cifar",), seeds=(0,))
+    store = ex.CellStore(ex.cells_path("pareto", p), "pareto")
+    base = {"preset": "quick", "task": "shapes10", "budget": 0.8}
+    for model in ("resnet56", "mobilenet_v2_cifar"):
+        for seed in (0, 1):
+            store.put({**base, "model": model, "seed": seed, "measure": ["halp"]}, {"dense_ms": 1.0})
+            store.put({**base, "model": model, "seed": seed, "method": "halp"}, {"accuracy": 0.5})
+    kept = ex.open_cells("pareto", p, remeasure=True)
+    assert len(kept) == 7
+    assert {**base, "model": "mobilenet_v2_cifar", "seed": 0, "measure": ["halp"]} not in kept
+    assert {**base, "model": "resnet56", "seed": 0, "measure": ["halp"]} in kept
+    ablation = ex.open_cells("pareto", dataclasses.replace(ex.QUICK, ablation_seeds=(1,)), remeasure=True, ablation=True)
+    assert len(ablation) == 6 and {**base, "model": "resnet56", "seed": 1, "measure": ["halp"]} not in ablation
