@@ -15,6 +15,7 @@ sit exactly on an edge is reported per method.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def collect(p: ex.Preset) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ex.add_common_args(ap)
+    ap.add_argument("--models", nargs="*", help="only these models (the other models' results already in "
+                    "widths.json are kept: drawing them needs their dense models and tables on this machine)")
+    ap.add_argument("--tasks", nargs="*", help="only these tasks (likewise)")
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
@@ -71,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     recs = collect(p)
-    pairs = sorted({(r["model"], r["task"]) for r in recs})
-    results, md = [], []
+    pairs = sorted({(r["model"], r["task"]) for r in recs if (not args.models or r["model"] in args.models)
+                    and (not args.tasks or r["task"] in args.tasks)})
+    results: list[dict[str, Any]] = []
+    previous = ex.RESULTS / "widths.json"
+    if (args.models or args.tasks) and previous.is_file():
+        results = [r for r in json.loads(previous.read_text())["results"] if (r["model"], r["task"]) not in pairs]
     for model, task in pairs:
         seed = min(r["seed"] for r in recs if (r["model"], r["task"]) == (model, task))
         ctx = ex.Context(model, task, seed, p)
@@ -109,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
             ax.legend(fontsize=7, loc="upper left")
             results.append(row)
-            md.append(f"| {model} | {task} | {budget:g} | " + " | ".join(
-                f"{100 * row['on_edge'][m]:.0f}%" if m in row["on_edge"] else "—" for m in METHODS) + " |")
         fig.tight_layout()
         fig.savefig(ex.RESULTS / f"widths_{model}_{task}.png", dpi=110)
         plt.close(fig)
         results.append({"model": model, "task": task, "edges": edges})
     ex.write_json(ex.RESULTS / "widths.json", {"preset": p.to_dict(), "results": results})
+    md = [f"| {r['model']} | {r['task']} | {r['budget']:g} | " + " | ".join(
+        f"{100 * r['on_edge'][m]:.0f}%" if m in r["on_edge"] else "—" for m in METHODS) + " |"
+        for r in results if "on_edge" in r]
     text = ("| model | task | budget | " + " | ".join(f"{m} on an edge" for m in METHODS) + " |\n"
             + "|---|---|---|" + "---|" * len(METHODS) + "\n" + "\n".join(md) + "\n")
     (ex.RESULTS / "widths.md").write_text(text)
