@@ -79,6 +79,11 @@ class Preset:
     threads: int = 2
     protect_stem: bool = False
     per_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    skip: tuple[tuple[str, str], ...] = ()  # (model, task) pairs of models × tasks this preset does not run
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (model, task) grid: every model on every task, less ``skip``."""
+        return [(m, t) for m in self.models for t in self.tasks if (m, t) not in self.skip]
 
     def for_model(self, model_name: str) -> "Preset":
         """This preset with ``model_name``'s overrides applied (the same preset when it has none)."""
@@ -102,7 +107,8 @@ class Preset:
 
 QUICK = Preset(
     name="quick",
-    tasks=("shapes10",),
+    tasks=("shapes10", "digits"),
+    skip=(("mobilenet_v2_cifar", "digits"),),  # not run yet: ~30 min more on 2 cores
     models=("resnet56", "mobilenet_v2_cifar"),
     seeds=(0, 1, 2),
     budgets=(0.8, 0.55, 0.45, 0.3),

@@ -438,11 +438,10 @@ def main(argv: list[str] | None = None) -> int:
                    budgets=tuple(args.budgets or p.budgets))
     ex.setup(p, args.quiet)
     store = ex.open_cells(EXPERIMENT, p, args.remeasure)
-    for model in p.models if not args.report_only else ():
-        for task in p.tasks:
-            for seed in p.seeds:
-                ctx = ex.Context(model, task, seed, p)
-                run_context(store, ctx, tuple(args.methods))
+    for model, task in p.pairs() if not args.report_only else ():
+        for seed in p.seeds:
+            ctx = ex.Context(model, task, seed, p)
+            run_context(store, ctx, tuple(args.methods))
     rows = collect(store, p)
     dense = dense_rows(store, p)
     ex.write_json(ex.RESULTS / "pareto.json", rows)

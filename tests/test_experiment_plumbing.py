@@ -213,3 +213,10 @@ def test_remeasure_forgets_only_the_measurements_of_the_grid_it_runs(tmp_path: P
     assert {**base, "model": "resnet56", "seed": 0, "measure": ["halp"]} in kept
     ablation = ex.open_cells("pareto", dataclasses.replace(ex.QUICK, ablation_seeds=(1,)), remeasure=True, ablation=True)
     assert len(ablation) == 6 and {**base, "model": "resnet56", "seed": 1, "measure": ["halp"]} not in ablation
+
+
+def test_quick_grid_covers_both_models_and_tasks_less_the_skipped_pair() -> None:
+    assert ex.QUICK.pairs() == [("resnet56", "shapes10"), ("resnet56", "digits"), ("mobilenet_v2_cifar", "shapes10")]
+    narrowed = dataclasses.replace(ex.QUICK, models=("mobilenet_v2_cifar",))
+    assert narrowed.pairs() == [("mobilenet_v2_cifar", "shapes10")]
+    assert ex.FULL.pairs() == [(m, t) for m in ex.FULL.models for t in ex.FULL.tasks]  # the full grid skips nothing
