@@ -31,6 +31,20 @@ log = logging.getLogger("experiment")
 # ----------------------------------------------------------------------------- the cell store
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serialises read-modify-write of ``path`` between processes (POSIX advisory lock on a sidecar file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class CellStore:
     """A JSON file of finished cells, one record per distinct parameter set.
 
@@ -70,19 +84,6 @@ class CellStore:
             )
         return dict(data["cells"])
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialises read-modify-write of the file between processes (POSIX advisory lock on a sidecar)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _update(self, put: tuple[str, dict[str, Any]] | None = None, drop: Iterable[str] = ()) -> None:
         """Applies one change to the cells *on disk* and rewrites the file atomically.
 
@@ -90,7 +91,7 @@ class CellStore:
         core) each add their own cells and keep the other's, and a dropped cell is not written back by a
         run that loaded it earlier.
         """
-        with self._locked():
+        with file_lock(self.path):
             cells = self._read()
             for key in drop:
                 cells.pop(key, None)
@@ -238,4 +239,4 @@ def match_knob(
     return Match(best[0], best[1], abs(best[1] - 1.0) <= tol, probes)
 
 
-__all__ = ["CellStore", "Match", "match_knob", "write_json"]
+__all__ = ["CellStore", "Match", "file_lock", "match_knob", "write_json"]

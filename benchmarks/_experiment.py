@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import CellStore, Match, match_knob, write_json  # noqa: E402
+from _cells import CellStore, Match, file_lock, match_knob, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -312,9 +312,10 @@ def dense_key(model_name: str, task: str, p: Preset, seed: int) -> str:
 def record_dense(model_name: str, task: str, p: Preset, seed: int, accuracy: float) -> None:
     """Keeps each dense model's test accuracy in a small tracked file: the model files themselves are
     gitignored, and the reports need the accuracy on machines that never trained it."""
-    index = json.loads(DENSE_INDEX.read_text()) if DENSE_INDEX.is_file() else {}
-    index[dense_key(model_name, task, p, seed)] = {"accuracy": float(accuracy)}
-    write_json(DENSE_INDEX, index)
+    with file_lock(DENSE_INDEX):  # seeds run as parallel processes finish their dense models independently
+        index = json.loads(DENSE_INDEX.read_text()) if DENSE_INDEX.is_file() else {}
+        index[dense_key(model_name, task, p, seed)] = {"accuracy": float(accuracy)}
+        write_json(DENSE_INDEX, index)
 
 
 def dense_accuracy(model_name: str, task: str, p: Preset, seed: int) -> float | None:
