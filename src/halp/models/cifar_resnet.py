@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from halp.models._layers import check_bool, check_positive_int, init_conv_bn
+from halp.models._layers import check_bool, check_positive_int, init_conv_bn, zero_init_residuals
 from halp.models.registry import register_model
-from halp.models.resnet import BasicBlock, make_stage, zero_init_residuals
+from halp.models.resnet import BasicBlock, make_stage
 
 __all__ = ["CifarResNet", "resnet20", "resnet56", "digits_resnet"]
 

@@ -23,6 +23,7 @@ from halp.models._layers import (
     init_conv_bn,
     init_linear_normal,
     make_divisible,
+    zero_init_residuals,
 )
 from halp.models.registry import register_model
 
@@ -132,9 +133,7 @@ class MobileNetV2(nn.Module):
         init_conv_bn(self)
         init_linear_normal(self, std=0.01)
         if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, InvertedResidual):
-                    module.zero_init_last_bn()
+            zero_init_residuals(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (N, last_channel, H/32, W/32) on ImageNet

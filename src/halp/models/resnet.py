@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from halp.models._layers import check_bool, check_positive_int, init_conv_bn
+from halp.models._layers import check_bool, check_positive_int, init_conv_bn, zero_init_residuals
 from halp.models.registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
@@ -96,17 +96,6 @@ def make_stage(
     layers = [block(in_channels, planes, stride)]
     layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
-
-
-def zero_init_residuals(model: nn.Module) -> None:
-    """Zero the last BN γ of every residual block, so each block starts as the identity.
-
-    Goyal et al. (2017) report +0.2–0.3% top-1 for large-batch training; torchvision's
-    ``zero_init_residual`` does the same.
-    """
-    for module in model.modules():
-        if isinstance(module, (BasicBlock, Bottleneck)):
-            module.zero_init_last_bn()
 
 
 class ResNet(nn.Module):
