@@ -14,11 +14,10 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 try:  # POSIX; elsewhere concurrent runs of one experiment are not supported
     import fcntl
@@ -84,8 +83,9 @@ class CellStore:
             )
         return dict(data["cells"])
 
-    def _update(self, put: tuple[str, dict[str, Any]] | None = None, drop: Iterable[str] = ()) -> None:
-        """Applies one change to the cells *on disk* and rewrites the file atomically.
+    def _update(self, put: tuple[str, dict[str, Any]] | None = None,
+                drop: Callable[[dict[str, Any]], bool] | None = None) -> int:
+        """Applies one change to the cells *on disk*, rewrites the file atomically, returns how many were dropped.
 
         The file, not this object's memory, is the truth: two runs of one experiment (say, one model per
         core) each add their own cells and keep the other's, and a dropped cell is not written back by a
@@ -93,20 +93,15 @@ class CellStore:
         """
         with file_lock(self.path):
             cells = self._read()
-            for key in drop:
-                cells.pop(key, None)
+            gone = [k for k, c in cells.items() if drop(c["params"])] if drop is not None else []
+            for key in gone:
+                del cells[key]
             if put is not None:
                 cells[put[0]] = put[1]
-            data = {"format": self.FORMAT, "experiment": self.experiment, "cells": cells}
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(data, fh, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            if put is not None or gone:
+                write_json(self.path, {"format": self.FORMAT, "experiment": self.experiment, "cells": cells})
         self._cells = cells
+        return len(gone)
 
     @staticmethod
     def key(params: Mapping[str, Any]) -> str:
@@ -133,11 +128,7 @@ class CellStore:
 
     def drop(self, match: Callable[[dict[str, Any]], bool]) -> int:
         """Forgets the cells whose parameters satisfy ``match`` (e.g. to measure again); returns how many."""
-        self.refresh()
-        gone = [k for k, c in self._cells.items() if match(c["params"])]
-        if gone:
-            self._update(drop=gone)
-        return len(gone)
+        return self._update(drop=match)
 
     def refresh(self) -> None:
         """Re-reads the file, picking up cells another run of the same experiment finished meanwhile."""
