@@ -45,6 +45,8 @@ from halp.latency.predict import split_features
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
+DEFAULT_THREADS = 2  # the issue's setting; another thread count gets its own docs section and files
+DEFAULT_GUARD = 1.2  # halp.profile's default speed guard; the same tolerance guards the measurements
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -53,11 +55,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(args.batch, *halp.models.input_size(name)[:1], args.size, args.size)
     clock = ("" if args.clock == "wall" else f"_{args.clock}clock") + ("" if args.statistic == "median" else
                                                                       f"_{args.statistic}")
-    table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}{clock}.json"
+    guard = "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}"
+    table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}{clock}{guard}.json"
     reused = table_path.exists()
     t0 = time.perf_counter()
     table = halp.profile(model, x, backend="torch-cpu", threads=args.threads, path=table_path,
-                         progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic)
+                         progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic,
+                         guard=args.guard)
     call_s = time.perf_counter() - t0
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
@@ -93,7 +97,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.passes):  # every pass times all models; later passes in another order
         order = list(range(len(models))) if k % 2 == 0 else list(reversed(range(len(models))))
         got = measure_many([models[i] for i in order], x, backend="torch-cpu", threads=args.threads,
-                           warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, clock=args.clock)
+                           warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, clock=args.clock,
+                           guard=args.guard or None)
         passes.append({i: s for i, s in zip(order, got)})
     # per model the pass with the lowest statistic: another tenant of a shared machine only ever adds time,
     # and a disturbance that outlasts one pass's rounds must not become a "prediction error"
@@ -101,6 +106,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     spread = [max(p[i].summary(args.statistic) for p in passes) / stats[i].summary(args.statistic) - 1
               for i in range(len(models))]
     measure_s = time.perf_counter() - t1
+    scored = range(len(variants) + 1)  # dense and the scored variants, not the calibration networks
+    pass_r = repeatability([[p[i].summary(args.statistic) for i in scored] for p in passes])
     profiled = table.calibration
     calib = {"profiled": profiled}
     if cal_models:
@@ -116,6 +123,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "table_reused": reused,
         "table_build_s": build_s,
         "table_entries": len(table.entries),
+        "table_speed_guard": table.meta.get("speed_guard"),  # what the guard did while profiling
         "aligned_to_steps": bool(args.aligned),
         "jitter": jitter,
         "calibration_used": args.calibration,
@@ -128,6 +136,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "passes": args.passes,
         "pass_spread_median": float(np.median(spread)),  # relative gap between the passes, per model
         "pass_spread_max": float(np.max(spread)),
+        # r of the reductions measured in one pass against those measured in another: the ceiling that the
+        # machine's own repeatability puts on any predictor's r (one pass is noisier than the best of all)
+        "pass_pair_r": pass_r,
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after measuring
         "dense": {"measured_ms": stats[0].summary(args.statistic), "iqr_ms": stats[0].iqr_ms,
                   **{f"predicted_{k}_ms": c.apply(*feats[0]) for k, c in calib.items()}},
@@ -144,6 +155,14 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
              main["pearson_r_reduction"], 100 * main["median_abs_rel_error"], 100 * main["p90_abs_rel_error"],
              out["dense"]["measured_ms"], out["dense"][f"predicted_{args.calibration}_ms"], args.calibration)
     return out
+
+
+def repeatability(per_pass: list[list[float]]) -> list[float]:
+    """Pearson r of the latency reductions (dense − variant) measured in one pass against another, for
+    every pair of passes; ``per_pass[k]`` lists pass ``k``'s latencies, the dense model first."""
+    red = [np.asarray(p[0]) - np.asarray(p[1:]) for p in per_pass]
+    return [float(np.corrcoef(red[i], red[j])[0, 1]) for i in range(len(red)) for j in range(i + 1, len(red))
+            if len(red[i]) > 1]
 
 
 def metrics(out: dict[str, Any], key: str) -> dict[str, float]:
@@ -218,8 +237,12 @@ def _scheme(args: argparse.Namespace) -> str:
 def section_title(args: argparse.Namespace) -> str:
     """One docs section per measurement kind: the default (wall clock) and the thread-clock check."""
     suffix = "" if args.clock == "wall" else f", {args.threads} thread(s), {args.clock} clock (diagnostic)"
+    if args.clock == "wall" and args.threads != DEFAULT_THREADS:
+        suffix += f", {args.threads} thread(s)"
     if args.statistic != "median":
         suffix += f", {args.statistic} of the samples"
+    if getattr(args, "guard", DEFAULT_GUARD) != DEFAULT_GUARD:
+        suffix += ", no speed guard" if not args.guard else f", speed guard {args.guard:g}"
     if args.jitter < 0:
         suffix += ", independent group widths"
     if args.aligned:
@@ -278,6 +301,13 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
               "forward times over its median (one pass); the same network's passes differed by a median of "
               + ", ".join(f"{100 * r['pass_spread_median']:.0f}% ({r['model']})" for r in results if "pass_spread_median" in r)
               + "."]
+    if any(r.get("pass_pair_r") for r in results):
+        lines += ["", "Repeatability of the measurement itself: Pearson r of the reductions measured in one pass against "
+                  "another pass of the same networks (every pair of passes), "
+                  + ", ".join(f"{r['model']} " + " / ".join(f"{v:.3f}" for v in r["pass_pair_r"])
+                              for r in results if r.get("pass_pair_r"))
+                  + ". A predictor cannot be scored above what the machine repeats (each pass alone is noisier "
+                  "than the fastest of all passes, so this bound is conservative)."]
     load = {r["model"]: r.get("load_average_1min", [float("nan")] * 2) for r in results}
     loads = ", ".join(f"{m} {a:.1f}-{b:.1f}" for m, (a, b) in load.items())
     note = [f"Note: {args.note}"] if args.note else []
@@ -297,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
     ap.add_argument("--variants", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--low", type=float, default=0.25, help="smallest kept fraction per group")
@@ -320,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--statistic", default="median",
                     help="median, or a low percentile such as p10 on a machine shared with other jobs "
                          "(tables and measurements alike)")
+    ap.add_argument("--guard", type=float, default=DEFAULT_GUARD,
+                    help="speed guard for the table and the measurements: retake what ran while a probe showed the "
+                         "machine this many times slower than its best (halp.latency.guard); 0: off")
     ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. machine conditions)")
     ap.add_argument("--report-only", action="store_true",
                     help="redraw the figure and the docs section from the JSON of a previous run, measure nothing")
@@ -332,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     out = Path(args.out)
     stem = "latency_fidelity" + ("" if args.clock == "wall" else f"_{args.clock}clock") + (
+        "" if args.clock != "wall" or args.threads == DEFAULT_THREADS else f"_t{args.threads}") + (
+        "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}") + (
         "" if args.statistic == "median" else f"_{args.statistic}") + ("_independent" if args.jitter < 0 else "") + (
         "_aligned" if args.aligned else "")
     fig = out / f"{stem}.png"

@@ -179,6 +179,19 @@ def test_fidelity_metrics_and_noise():
     assert lf.noise(out) == pytest.approx(0.1)
 
 
+def test_fidelity_repeatability_is_the_r_between_passes():
+    """Two passes that measure the same reductions give r = 1 for their pair; a pass whose reductions are
+    shuffled breaks it; one pair per two passes, three for three."""
+    import latency_fidelity as lf
+
+    a = [50.0, 40.0, 35.0, 30.0, 22.0, 18.0]
+    slower = [v * 1.2 for v in a]  # the whole machine slower in pass 2: reductions scale, r stays 1
+    shuffled = [50.0, 18.0, 40.0, 22.0, 35.0, 30.0]
+    assert lf.repeatability([a, slower]) == [pytest.approx(1.0)]
+    rs = lf.repeatability([a, slower, shuffled])
+    assert len(rs) == 3 and rs[0] == pytest.approx(1.0) and max(rs[1:]) < 0.5
+
+
 def test_per_model_overrides_change_the_recipe_and_the_dense_cache_key(tmp_path: Path, monkeypatch) -> None:
     p = ex.QUICK
     mnv2 = p.for_model("mobilenet_v2_cifar")

@@ -26,7 +26,8 @@ from torch import nn
 from halp.graph.types import LayerShape
 from halp.latency.onnx_layers import conv_groups, single_layer_model
 from halp.latency.ops import op_module
-from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
+from halp.latency.guard import SpeedGuard
+from halp.latency.timing import LatencyStats, TimingSettings, faster, time_callable, time_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Backend(ABC):
         self.threads = int(threads) if threads is not None else torch.get_num_threads()
         self.settings = settings or TimingSettings()
         self._saved_threads: list[int] = []
+        #: waits out slow spells of a shared machine around every measurement (CPU backends; see guard.py)
+        self.guard: SpeedGuard | None = None
 
     def __enter__(self) -> "Backend":
         if self.settings.clock == "thread" and (self.threads != 1 or self.name == "torch-cuda"):
@@ -106,6 +109,13 @@ class Backend(ABC):
     def options(self) -> dict[str, Any]:
         """Backend-specific settings that change the numbers (recorded in tables and partial files)."""
         return {}
+
+    def _timed(self, fn: Callable[[], Any], **timing: Any) -> LatencyStats:
+        """``time_callable(fn)`` with this backend's settings, under the speed guard when one is set."""
+        def run() -> LatencyStats:
+            return time_callable(fn, self.settings, **timing)
+
+        return self.guard.measure(run, faster) if self.guard is not None else run()
 
     @abstractmethod
     def device_name(self) -> str: ...
@@ -197,7 +207,7 @@ class TorchBackend(Backend):
 
     def _time(self, fn: Callable[[], Any]) -> LatencyStats:
         with torch.inference_mode():
-            return time_callable(fn, self.settings, **self._timing_kwargs())
+            return self._timed(fn, **self._timing_kwargs())
 
     def time_layer(self, shape: LayerShape, cin: int, cout: int, in_repeat: int = 1) -> LatencyStats:
         dev, dt = self.device, self._tdtype
@@ -246,7 +256,7 @@ class TorchBackend(Backend):
         try:
             fns = [(lambda r=r: r(*inputs)) for r in ready]
             with torch.inference_mode():
-                return time_interleaved(fns, self.settings, rounds=rounds, **self._timing_kwargs())
+                return time_interleaved(fns, self.settings, rounds=rounds, guard=self.guard, **self._timing_kwargs())
         finally:
             for r, f in zip(ready, flags):
                 for n, m in r.named_modules():
@@ -285,7 +295,7 @@ class OnnxRuntimeBackend(Backend):
         data, name, x = single_layer_model(shape, cin, cout, in_repeat)
         sess = self._session(data)
         feed = {name: x}
-        return time_callable(lambda: sess.run(None, feed), self.settings)
+        return self._timed(lambda: sess.run(None, feed))
 
     def _export_sessions(self, modules: Sequence[nn.Module], inputs: tuple[torch.Tensor, ...]) -> list[Any]:
         from halp.export import export_onnx
@@ -308,7 +318,7 @@ class OnnxRuntimeBackend(Backend):
         module, inputs = op_module(kind, batch, channels, hw, torch.float32, "cpu")
         (sess,) = self._export_sessions([module], inputs)
         feed = self._feed(sess, inputs)
-        return time_callable(lambda: sess.run(None, feed), self.settings)
+        return self._timed(lambda: sess.run(None, feed))
 
     def time_models(
         self, models: Sequence[nn.Module], example_inputs: Any, rounds: int = 5
@@ -322,7 +332,7 @@ class OnnxRuntimeBackend(Backend):
         ]
         sessions = self._export_sessions(cpu_models, inputs)
         fns = [(lambda s=s, f=self._feed(s, inputs): s.run(None, f)) for s in sessions]
-        return time_interleaved(fns, self.settings, rounds=rounds)
+        return time_interleaved(fns, self.settings, rounds=rounds, guard=self.guard)
 
 
 def get_backend(

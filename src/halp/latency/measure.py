@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from halp.latency.backends import Backend, as_inputs, get_backend
+from halp.latency.guard import SpeedGuard
 from halp.latency.timing import LatencyStats, TimingSettings
 
 
@@ -26,6 +27,7 @@ def measure_latency(
     dtype: str = "float32",
     rounds: int = 1,
     clock: str = "wall",
+    guard: float | None = None,
 ) -> LatencyStats:
     """Measure the latency of one forward pass of ``model``.
 
@@ -41,12 +43,15 @@ def measure_latency(
             see :func:`measure_many`).
         clock: ``"wall"`` (latency) or ``"thread"`` (CPU time of the calling thread, threads=1 only: a
             diagnostic on shared machines, see :class:`TimingSettings`).
+        guard: on a CPU backend, a slowdown ratio (e.g. 1.2): a block of forwards during which a probe
+            showed the machine that much slower than its best is taken again (a shared host's other
+            tenants; see :mod:`halp.latency.guard`). None: off.
 
     Returns:
         median, interquartile range, mean and all samples, in ms; ``float(stats)`` is the median.
     """
     return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds,
-                        clock=clock)[0]
+                        clock=clock, guard=guard)[0]
 
 
 def measure_many(
@@ -60,6 +65,7 @@ def measure_many(
     dtype: str = "float32",
     rounds: int = 5,
     clock: str = "wall",
+    guard: float | None = None,
 ) -> list[LatencyStats]:
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
 
@@ -75,5 +81,13 @@ def measure_many(
     be = get_backend(backend, dtype=dtype, threads=threads, settings=settings)
     if isinstance(backend, Backend):
         be.settings = settings
+    if guard is not None and not guard > 1.0:
+        raise ValueError(f"guard must be a slowdown ratio > 1 (e.g. 1.2) or None, got {guard!r}")
+    saved = be.guard
     with be:
-        return be.time_models(models, as_inputs(example_inputs), rounds=rounds)
+        if guard is not None and be.name != "torch-cuda":
+            be.guard = SpeedGuard(tolerance=guard)
+        try:
+            return be.time_models(models, as_inputs(example_inputs), rounds=rounds)
+        finally:
+            be.guard = saved

@@ -24,6 +24,7 @@ import halp
 from halp.latency.backends import Backend, as_inputs, get_backend
 from halp.latency.calibrate import calibrate, graph_hash
 from halp.latency.fit import fit_line
+from halp.latency.guard import SpeedGuard
 from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
 from halp.latency.store import MeasurementStore, partial_path
@@ -54,6 +55,10 @@ class ProfileSettings:
         retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
             of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
+        guard: on a CPU backend, take a measurement again when a probe shows the machine ran more than
+            this many times slower than its best while measuring (another tenant of a shared host);
+            0 disables it. See :mod:`halp.latency.guard`.
+        guard_wait_s: longest wait for such a slow spell to end before measuring anyway.
     """
 
     warmup: int = 5
@@ -74,6 +79,8 @@ class ProfileSettings:
     clock: str = "wall"
     statistic: str = "median"
     seed: int = 0
+    guard: float = 1.2
+    guard_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.timing()  # validates the timing fields
@@ -92,6 +99,15 @@ class ProfileSettings:
             raise ValueError(f"grid_points must be >= 2 (smallest and full width), got {self.grid_points}")
         if not 0.0 < self.calibration_low <= 1.0:
             raise ValueError(f"calibration_low must be in (0, 1], got {self.calibration_low}")
+        if not (self.guard == 0 or self.guard > 1.0) or not self.guard_wait_s >= 0:
+            raise ValueError(f"guard must be 0 (off) or a slowdown ratio > 1 (e.g. 1.2), and guard_wait_s >= 0 "
+                             f"seconds; got guard={self.guard!r}, guard_wait_s={self.guard_wait_s!r}")
+
+    def speed_guard(self, backend: Backend) -> SpeedGuard | None:
+        """The guard these settings ask for on ``backend`` (None on a GPU, whose timings use its own clock)."""
+        if not self.guard or backend.name == "torch-cuda":
+            return None
+        return SpeedGuard(tolerance=self.guard, max_wait_s=self.guard_wait_s)
 
     def timing(self) -> TimingSettings:
         return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats, self.clock)
@@ -297,6 +313,7 @@ def profile(
     fingerprint["torch"] = torch.__version__
     fingerprint["backend_options"] = be.options()
     fingerprint["statistic"] = cfg.statistic
+    fingerprint["guard"] = cfg.guard
     store = MeasurementStore(partial_path(path) if path is not None else None, fingerprint)
 
     plans = plan_entries(graph, dtype)
@@ -312,6 +329,7 @@ def profile(
     try:
         with be, torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
+            be.guard = cfg.speed_guard(be)
             prof = _Profiler(be, store, cfg, bar.update)
             entries = []
             for p in plans:
@@ -328,9 +346,12 @@ def profile(
         store.flush()
         bar.total = bar.n  # the estimate counted every axis as prunable
         bar.close()
+        guard, be.guard = be.guard, None  # a Backend passed in is left as it came
     table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
     table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
     table.meta["measurements"] = {"new": store.new, "resumed": store.resumed, "retaken": prof.retaken}
+    if guard is not None:
+        table.meta["speed_guard"] = guard.summary()
     logger.info("profiled %d entries, %d op kinds in %.1f s (%d new measurements, %d resumed)",
                 len(entries), len(ops), table.meta["profile_seconds"], store.new, store.resumed)
     if path is not None:
@@ -386,7 +407,11 @@ def recalibrate(
     store = MeasurementStore(None, {})
     with be, torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
+        be.guard = cfg.speed_guard(be)
+        try:
+            table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
+        finally:
+            be.guard = None
     meta["recalibrated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     logger.info("recalibrated: measured ≈ %.3f·layers + %.3f·ops + %.3f ms", table.calibration.a,
                 table.calibration.b, table.calibration.c)

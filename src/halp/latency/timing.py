@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from halp.latency.guard import SpeedGuard
 
 
 CLOCKS = ("wall", "thread")
@@ -163,6 +166,11 @@ def time_callable(
     return LatencyStats.from_samples(samples)
 
 
+def faster(a: LatencyStats, b: LatencyStats) -> bool:
+    """Is ``a`` the faster of two timings of the same work (by median)?"""
+    return a.median_ms < b.median_ms
+
+
 def time_interleaved(
     fns: Sequence[Callable[[], Any]],
     settings: TimingSettings,
@@ -170,12 +178,15 @@ def time_interleaved(
     rounds: int = 5,
     sync: Callable[[], None] | None = None,
     timer: Callable[[Callable[[], Any]], float] | None = None,
+    guard: SpeedGuard | None = None,
 ) -> list[LatencyStats]:
     """Time several callables in interleaved rounds so that slow drift of the machine (other jobs,
     frequency changes) hits all of them alike instead of biasing whichever ran during a busy spell.
 
     Each callable is fully warmed up once, then every round takes ``ceil(repeats / rounds)`` samples
     of each in turn (preceded by a single re-warm call, since another model has just evicted caches).
+    With a ``guard`` (:class:`halp.latency.guard.SpeedGuard`), a round's block of one callable that the
+    machine slowed down during is taken again once it runs at speed.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -187,5 +198,8 @@ def time_interleaved(
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
-            samples[i].extend(time_callable(fn, one_round, sync=sync, timer=timer).samples)
+            def block(fn: Callable[[], Any] = fn) -> LatencyStats:
+                return time_callable(fn, one_round, sync=sync, timer=timer)
+
+            samples[i].extend((guard.measure(block, faster) if guard is not None else block()).samples)
     return [LatencyStats.from_samples(s) for s in samples]
