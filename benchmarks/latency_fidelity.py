@@ -46,7 +46,7 @@ from halp.latency.predict import split_features
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
 DEFAULT_THREADS = 2  # the issue's setting; another thread count gets its own docs section and files
-DEFAULT_GUARD = 1.2  # halp.profile's default speed guard; the same tolerance guards the measurements
+DEFAULT_GUARD = 0.0  # halp.profile's default (no speed guard); --guard R guards the table and the measurements
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -127,7 +127,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "aligned_to_steps": bool(args.aligned),
         "jitter": jitter,
         "calibration_used": args.calibration,
-        "calibrations": {k: {"a": c.a, "b": c.b, "c": c.c, "d": c.a if c.d is None else c.d, "method": c.method,
+        "calibrations": {k: {"a": c.a, "b": c.b, "c": c.c, "d": c.a if c.d is None else c.d,
+                             "e": c.a if c.e is None else c.e, "method": c.method,
                              "loo_rel_rmse": c.loo_rel_rmse,
                              "samples": [{f: v for f, v in row.items() if f != "widths"} for row in c.samples]}
                          for k, c in calib.items()},
@@ -269,7 +270,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
         section_title(args),
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: {cpu_model_name()}, torch {torch.__version__}, torch-cpu, {args.threads} threads, "
+        f"Machine: {cpu_model_name()}, torch {torch.__version__}, torch-cpu, {args.threads} thread{'s' if args.threads != 1 else ''}, "
         f"batch {args.batch}, {args.size}x{args.size}; {datetime.now(timezone.utc):%Y-%m-%d}.  ",
         f"{args.variants} random prunings per model ({_scheme(args)}"
         f"{', rounded to its latency step' if args.aligned else ''}); predicted from the table vs "
@@ -282,7 +283,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
         "predict; the second row shows the predictor once the machine is the same machine.",
         "",
         "| model | table build (s) | calibration | dense measured / predicted (ms) | Pearson r of reductions | "
-        "median abs rel err | p90 abs rel err | calibration (form: a, d, b, c) | measurement noise |",
+        "median abs rel err | p90 abs rel err | calibration (form: a, d, e, b, c) | measurement noise |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -295,6 +296,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
                 f"{CALIBRATION_LABELS[kind]} | {r['dense']['measured_ms']:.1f} / {r['dense'][f'predicted_{kind}_ms']:.1f} | "
                 f"{k['pearson_r_reduction']:.4f} | {100 * k['median_abs_rel_error']:.2f}% | "
                 f"{100 * k['p90_abs_rel_error']:.2f}% | {c.get('method', '?')}: {c['a']:.3f}, {c.get('d', c['a']):.3f}, "
+                f"{c.get('e', c['a']):.3f}, "
                 f"{c['b']:.3f}, {c['c']:.2f} ms | "
                 f"{100 * noise(r):.0f}% |")
     lines += ["", "Measurement noise: the median over the measured networks of the interquartile range of a network's "

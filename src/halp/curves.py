@@ -48,9 +48,10 @@ class WidthPredictor:
     def curve(self, widths: Mapping[str, int], group: str, candidates: np.ndarray) -> np.ndarray:
         """Predicted latency with ``group`` at each of ``candidates`` and every other group at ``widths``."""
         cand = np.asarray(candidates, dtype=np.int64)
-        layers_ms, ops_ms, interp_ms = split_features(self.graph, self.table, widths)
+        layers_ms, ops_ms, interp_ms, depthwise_ms = split_features(self.graph, self.table, widths)
         d_layers = np.zeros(cand.shape, dtype=np.float64)
         d_interp = np.zeros(cand.shape, dtype=np.float64)
+        d_depthwise = np.zeros(cand.shape, dtype=np.float64)
         for layer in self._layers.get(group, ()):
             now = (self.graph.slice_width(layer.in_slices, widths), self.graph.slice_width(layer.out_slices, widths))
             cin = _width(layer.in_slices, widths, group, cand)
@@ -58,6 +59,8 @@ class WidthPredictor:
             new_ms = np.asarray(self.table.layer_latency(layer, cin, cout))
             now_ms = float(self.table.layer_latency(layer, *now))
             d_layers += new_ms - now_ms
+            if layer.shape.depthwise:
+                d_depthwise += new_ms - now_ms
             d_interp += np.where(self.table.layer_interpolated(layer, cin, cout), new_ms, 0.0)
             d_interp -= now_ms if now_ms and self.table.layer_interpolated(layer, *now) else 0.0
         d_ops = np.zeros(cand.shape, dtype=np.float64)
@@ -68,4 +71,5 @@ class WidthPredictor:
             new_ms = np.where(new_c > 0, self.table.op_latency(op.kind, new_c * scale), 0.0)
             now_ms = self.table.op_latency(op.kind, now_c * scale) if now_c > 0 else 0.0
             d_ops += new_ms - now_ms
-        return self.table.calibration.apply(layers_ms + d_layers, ops_ms + d_ops, interp_ms + d_interp)
+        return self.table.calibration.apply(layers_ms + d_layers, ops_ms + d_ops, interp_ms + d_interp,
+                                            depthwise_ms + d_depthwise)

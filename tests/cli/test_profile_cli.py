@@ -48,6 +48,17 @@ def test_profile_recalibrate_rewrites_only_the_calibration(table_path, tmp_path,
     assert "needs an existing table" in capsys.readouterr().err
 
 
+def test_profile_with_the_speed_guard_reports_it_and_rejects_a_bad_ratio(tmp_path, capsys):
+    path = tmp_path / "guarded.json"
+    assert main(["-q", "profile", "--model", "resnet20", "-o", str(path), "--guard", "1.5", *TINY]) == 0
+    assert "speed guard:" in capsys.readouterr().out
+    g = json.loads(path.read_text())["meta"]["speed_guard"]
+    assert g["tolerance"] == 1.5 and g["probe_best_ms"] > 0 and g["retaken"] >= 0
+    assert json.loads(path.read_text())["meta"]["settings"]["guard"] == 1.5
+    assert main(["-q", "profile", "--model", "resnet20", "-o", str(tmp_path / "bad.json"), "--guard", "0.8", *TINY]) == 2
+    assert "guard must be 0 (off) or a slowdown ratio > 1" in capsys.readouterr().err
+
+
 def test_latency_prints_predicted_measured_and_ratio(table_path, capsys):
     assert main(["latency", "resnet20", "--table", str(table_path), "--repeats", "5"]) == 0
     out = capsys.readouterr().out

@@ -105,7 +105,8 @@ def test_guard_settings_are_checked_and_off_on_a_gpu():
     with pytest.raises(ValueError, match="guard must be 0"):
         ProfileSettings(guard=0.9)
     assert ProfileSettings(guard=0).speed_guard(TorchBackend("cpu")) is None
-    assert isinstance(ProfileSettings().speed_guard(TorchBackend("cpu")), SpeedGuard)
+    assert ProfileSettings().speed_guard(TorchBackend("cpu")) is None  # off by default
+    assert isinstance(ProfileSettings(guard=1.2).speed_guard(TorchBackend("cpu")), SpeedGuard)
     with pytest.raises(ValueError, match="guard must be a slowdown ratio"):
         measure_many([torch.nn.Identity()], torch.zeros(1, 3), guard=1.0)
 

@@ -13,6 +13,7 @@ from halp.latency.fit import fit_calibration, fit_line, nnls, staircase_period
 from halp.latency.ops import op_module
 from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import axis_grid, fine_range, plan_entries, plan_ops
+from halp.latency.table import Calibration
 from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
 
 
@@ -99,24 +100,24 @@ def test_fit_line_and_calibration():
     assert fit_line(v, 0.01 + 0.2 * v) == pytest.approx((0.01, 0.2))
     lay = np.array([10.0, 7.0, 5.0, 3.0, 8.0])
     ops = np.array([2.0, 1.0, 1.5, 0.5, 0.7])
-    a, b, c, d, method, loo = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
+    a, b, c, d, _, method, loo = fit_calibration(lay, ops, 1.2 * lay + 0.7 * ops + 0.3)
     assert method == "split" and (a, b, c) == pytest.approx((1.2, 0.7, 0.3))
     assert loo["split"] < 1e-9 < min(loo["affine"], loo["scale"])
     # when a shared scale explains the data, the simpler form is kept (it extrapolates more safely)
     rng = np.random.default_rng(1)
     y = 1.3 * (lay + ops) + 0.2
-    a, b, c, d, method, loo = fit_calibration(lay, ops, y * (1 + 0.001 * rng.standard_normal(5)))
+    a, b, c, d, _, method, loo = fit_calibration(lay, ops, y * (1 + 0.001 * rng.standard_normal(5)))
     assert method == "affine" and a == b and a == pytest.approx(1.3, rel=0.01) and c == pytest.approx(0.2, abs=0.05)
     # one run disturbed by another process (+40%) barely moves a robust fit
     lay12 = np.linspace(3.0, 12.0, 12)
     ops12 = 0.3 * lay12 + np.linspace(0.0, 1.0, 12)
     y12 = 1.2 * (lay12 + ops12) + 0.5
     y12[4] *= 1.4
-    a, b, c, d, method, loo = fit_calibration(lay12, ops12, y12)
+    a, b, c, d, _, method, loo = fit_calibration(lay12, ops12, y12)
     pred = a * lay12 + b * ops12 + c
     clean = np.delete(np.arange(12), 4)
     assert np.max(np.abs(pred[clean] / y12[clean] - 1)) < 0.01
-    a, b, c, d, method, loo = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
+    a, b, c, d, _, method, loo = fit_calibration([10.0], [2.0], [18.0])  # one sample: a single scale
     assert method == "scale" and (a, b, c, d) == pytest.approx((1.5, 1.5, 0.0, 1.5)) and loo == {}
     # interpolated layer time that runs slower than measured-point time gets its own weight
     rng = np.random.default_rng(4)
@@ -124,12 +125,29 @@ def test_fit_line_and_calibration():
     interp20 = lay20 * rng.uniform(0.0, 1.0, 20)
     ops20 = 0.2 * lay20
     y20 = 1.1 * (lay20 - interp20) + 1.45 * interp20 + 1.1 * ops20 + 0.4
-    a, b, c, d, method, loo = fit_calibration(lay20, ops20, y20, interp20)
+    a, b, c, d, _, method, loo = fit_calibration(lay20, ops20, y20, interp20)
     assert method == "interp" and (a, b, c, d) == pytest.approx((1.1, 1.1, 0.4, 1.45), rel=1e-6)
     assert loo["interp"] < 1e-9 < min(loo["affine"], loo["split"])
     # without interpolated time (every sample on measured points) the form is not offered
-    a, b, c, d, method, loo = fit_calibration(lay, ops, 1.3 * (lay + ops) + 0.2, np.zeros(5))
+    a, b, c, d, _, method, loo = fit_calibration(lay, ops, 1.3 * (lay + ops) + 0.2, np.zeros(5))
     assert "interp" not in loo and d == a
+
+
+def test_depthwise_convolutions_get_their_own_weight_when_they_need_it():
+    """Depthwise time that runs 2.4x its table time in the network, other layers 0.5x: the kind form finds
+    both weights exactly; a network without depthwise convolutions is never offered the form."""
+    rng = np.random.default_rng(7)
+    lay = rng.uniform(8.0, 20.0, 17)
+    dw = lay * rng.uniform(0.2, 0.4, 17)
+    ops = 0.15 * lay + rng.uniform(0.0, 0.5, 17)
+    y = 0.5 * (lay - dw) + 2.4 * dw + 3.3 * ops + 0.2
+    a, b, c, d, e, method, loo = fit_calibration(lay, ops, y, np.zeros(17), dw)
+    assert method == "kind" and (a, b, c, e) == pytest.approx((0.5, 3.3, 0.2, 2.4), rel=1e-6) and d == a
+    assert loo["kind"] < 1e-9 < min(loo["affine"], loo["split"])
+    calib = Calibration(a, b, c, method, d=None, e=e)
+    assert calib.apply(lay, ops, 0.0, dw) == pytest.approx(y, rel=1e-9)
+    a, b, c, d, e, method, loo = fit_calibration(lay, ops, 1.2 * (lay + ops) + 0.1, np.zeros(17), np.zeros(17))
+    assert "kind" not in loo and e == a
 
 
 def test_axis_grid():

@@ -244,3 +244,53 @@ def test_recalibrate_refuses_another_model_or_backend(tiny, fake_backend):
     onnx_like.name = "onnxruntime"
     with pytest.raises(ValueError, match="onnxruntime"):
         halp.recalibrate(table, model, x, backend=onnx_like)
+
+
+def test_profile_under_the_speed_guard_retakes_slowed_points_and_records_it(tiny, fake_backend, monkeypatch):
+    """With guard=1.2 every layer timing goes through the guard; a probe that reports the machine slowed
+    after every 10th timing gets that point measured again (the fake's value is the same, so the table is
+    unchanged), and the table's metadata says how often. guard=0 (the default) leaves no trace."""
+    import importlib
+
+    from halp.latency import guard as guard_mod
+    profile_mod = importlib.import_module("halp.latency.profile")  # the package exports the function by that name
+    from halp.latency.timing import faster
+
+    probes = iter([1.0] * 10**6)
+    slow_every = {"n": 0}
+
+    def probe() -> float:
+        slow_every["n"] += 1
+        return 2.0 if slow_every["n"] % 10 == 0 else next(probes)
+
+    monkeypatch.setattr(profile_mod, "SpeedGuard", lambda **kw: guard_mod.SpeedGuard(probe, sleep=lambda s: None, **kw))
+
+    class Guarded(fake_backend):
+        def time_layer(self, *args):
+            run = lambda: super(Guarded, self).time_layer(*args)  # noqa: E731
+            return self.guard.measure(run, faster) if self.guard is not None else run()
+
+    model, x = tiny
+    clean = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
+    assert "speed_guard" not in clean.meta
+    be = Guarded()
+    table = profile(model, x, backend=be, progress=False, guard=1.2, **SETTINGS)
+    assert be.guard is None  # the backend passed in is left as it came
+    info = table.meta["speed_guard"]
+    assert info["tolerance"] == 1.2 and info["retaken"] >= len(be.layer_calls) // 12 > 0
+    for a, b in zip(clean.entries, table.entries):
+        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
+
+
+def test_a_table_from_before_the_speed_guard_counts_as_unguarded(tiny, fake_backend, tmp_path):
+    model, x = tiny
+    path = tmp_path / "t.json"
+    profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    doc = json.loads(path.read_text())
+    del doc["meta"]["settings"]["guard"], doc["meta"]["settings"]["guard_wait_s"]
+    path.write_text(json.dumps(doc))
+    be = fake_backend()
+    profile(model, x, backend=be, path=path, progress=False, **SETTINGS)  # guard off: the same table
+    assert be.layer_calls == []
+    with pytest.raises(ValueError, match="another model or settings"):
+        profile(model, x, backend=fake_backend(), path=path, progress=False, guard=1.2, **SETTINGS)

@@ -79,6 +79,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
     p.add_argument("--fine-span", type=int, default=64, help="fine cout sweep over the last N channels")
     p.add_argument("--calibration-samples", type=int, default=16, help="random slim variants timed end to end")
+    p.add_argument("--guard", type=float, default=0.0, metavar="RATIO",
+                   help="on a shared CPU host: retake a measurement when a probe shows the machine ran RATIO times "
+                        "slower than its best meanwhile (e.g. 1.2; waits out other tenants' spells; 0: off)")
     p.set_defaults(func=run)
 
 
@@ -104,12 +107,17 @@ def run(args: argparse.Namespace) -> int:
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
         warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
-        calibration_samples=args.calibration_samples,
+        calibration_samples=args.calibration_samples, guard=args.guard,
     )
     c = table.calibration
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "
           f"{table.backend} on {table.meta['device']} ({table.threads} threads, batch {table.batch}, {table.dtype})")
     print(f"calibration ({c.method}): measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms")
+    g = table.meta.get("speed_guard")
+    if g and not reusing:
+        anyway = f", {g['timeouts']} slow spell(s) measured anyway" if g["timeouts"] else ""
+        print(f"speed guard: {g['retaken']} measurement(s) retaken, {g['waited_s']:.0f} s spent waiting for slow "
+              f"spells to end{anyway}")
     if reusing:
         print("the table was already there for this model and settings: reused it, measured nothing")
     elif "profile_seconds" in table.meta:

@@ -161,19 +161,20 @@ def fit_samples(graph: ChannelGraph, table: LatencyTable, samples: list[dict[str
     ``noise_ms``), predicting each with ``table``'s current lookups."""
     rows = []
     for sample in samples:
-        lay, ops, interp = split_features(graph, table, sample["widths"])
-        rows.append({"label": sample["label"], "layers_ms": lay, "ops_ms": ops, "interp_ms": interp,
+        lay, ops, interp, dw = split_features(graph, table, sample["widths"])
+        rows.append({"label": sample["label"], "layers_ms": lay, "ops_ms": ops, "interp_ms": interp, "depthwise_ms": dw,
                      "measured_ms": float(sample["measured_ms"]), "noise_ms": float(sample["noise_ms"]),
                      "widths": dict(sample["widths"])})
-    a, b, c, d, method, loo = fit_calibration(
+    a, b, c, d, e, method, loo = fit_calibration(
         [r["layers_ms"] for r in rows], [r["ops_ms"] for r in rows], [r["measured_ms"] for r in rows],
-        [r["interp_ms"] for r in rows],
+        [r["interp_ms"] for r in rows], [r["depthwise_ms"] for r in rows],
     )
-    calib = Calibration(a, b, c, method, rows, loo, d if method == "interp" else None)
-    errs = [abs(calib.apply(r["layers_ms"], r["ops_ms"], r["interp_ms"]) / r["measured_ms"] - 1) for r in rows]
+    calib = Calibration(a, b, c, method, rows, loo, d if method == "interp" else None, e if method == "kind" else None)
+    errs = [abs(calib.apply(r["layers_ms"], r["ops_ms"], r["interp_ms"], r["depthwise_ms"]) / r["measured_ms"] - 1)
+            for r in rows]
     logger.info(
-        "calibration (%s): measured ≈ %.3f·layers (%.3f between measured points) + %.3f·ops + %.3f ms; max rel. "
-        "error on its %d samples %.1f%%, leave-one-out %s", method, a, d, b, c, len(rows), 100 * max(errs),
+        "calibration (%s): measured ≈ %.3f·layers (%.3f between measured points, %.3f depthwise) + %.3f·ops + %.3f ms; "
+        "max rel. error on its %d samples %.1f%%, leave-one-out %s", method, a, d, e, b, c, len(rows), 100 * max(errs),
         ", ".join(f"{k} {100 * v:.1f}%" for k, v in loo.items()),
     )
     return calib

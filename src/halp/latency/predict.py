@@ -1,7 +1,8 @@
 """Whole-network latency from a table: layers at their widths, non-conv ops, calibration.
 
 ``prediction = a · Σ_layers T(cin, cout) + b · Σ_ops (overhead + slope · volume) + c``, with the layer
-time read between measured grid points weighted by ``d`` instead of ``a`` (see :class:`Calibration`),
+time read between measured grid points weighted by ``d`` and depthwise convolutions by ``e`` instead
+of ``a`` where the calibration chose those forms (see :class:`Calibration`),
 
 where ``a, b, c`` come from the calibration measured while profiling. The same arithmetic serves a
 slim model (traced again, :func:`predict_latency`) and the dense graph with group widths
@@ -25,23 +26,26 @@ def features(
     graph: ChannelGraph, table: LatencyTable, widths: Mapping[str, int] | None = None, *, extrapolate: str = "warn"
 ) -> tuple[float, float]:
     """``(Σ layer latency, Σ op latency)`` in ms, uncalibrated, with groups at ``widths`` (missing = dense)."""
-    layers_ms, ops_ms, _ = split_features(graph, table, widths, extrapolate=extrapolate)
+    layers_ms, ops_ms, *_ = split_features(graph, table, widths, extrapolate=extrapolate)
     return layers_ms, ops_ms
 
 
 def split_features(
     graph: ChannelGraph, table: LatencyTable, widths: Mapping[str, int] | None = None, *, extrapolate: str = "warn"
-) -> tuple[float, float, float]:
-    """``(Σ layer latency, Σ op latency, the part of the layer sum read between measured points)`` in ms."""
+) -> tuple[float, float, float, float]:
+    """``(Σ layer latency, Σ op latency, the part of the layer sum read between measured points, the part
+    from depthwise convolutions)`` in ms: the features the calibration weighs."""
     widths = dict(widths or {})
     lw = graph.layer_widths(widths)
-    layers_ms = interp_ms = 0.0
+    layers_ms = interp_ms = depthwise_ms = 0.0
     for layer in graph.layers:
         cin, cout = lw[layer.name]
         t = float(table.layer_latency(layer, cin, cout, extrapolate=extrapolate))
         layers_ms += t
         if t and table.layer_interpolated(layer, cin, cout):
             interp_ms += t
+        if layer.shape.depthwise:
+            depthwise_ms += t
     ops_ms = 0.0
     for op in graph.others:
         channels = graph.slice_width(op.slices, widths)
@@ -49,7 +53,7 @@ def split_features(
             continue
         volume = op.batch * channels * op.hw[0] * op.hw[1]
         ops_ms += float(table.op_latency(op.kind, volume))
-    return layers_ms, ops_ms, interp_ms
+    return layers_ms, ops_ms, interp_ms, depthwise_ms
 
 
 def predict_from_widths(
@@ -69,10 +73,10 @@ def predict_from_widths(
         extrapolate: policy outside the table's grids, ``"warn"`` or ``"raise"``.
         calibrated: apply the end-to-end calibration (False: the raw sum of layers and ops).
     """
-    layers_ms, ops_ms, interp_ms = split_features(graph, table, widths, extrapolate=extrapolate)
+    layers_ms, ops_ms, interp_ms, depthwise_ms = split_features(graph, table, widths, extrapolate=extrapolate)
     if not calibrated:
         return layers_ms + ops_ms
-    return float(table.calibration.apply(layers_ms, ops_ms, interp_ms))
+    return float(table.calibration.apply(layers_ms, ops_ms, interp_ms, depthwise_ms))
 
 
 def latency_breakdown(
@@ -83,6 +87,7 @@ def latency_breakdown(
     lw = graph.layer_widths(widths)
     layers = {l.name: float(table.layer_latency(l, *lw[l.name])) for l in graph.layers}
     interp = sum(t for l in graph.layers if (t := layers[l.name]) and table.layer_interpolated(l, *lw[l.name]))
+    depthwise = sum(layers[l.name] for l in graph.layers if l.shape.depthwise)
     ops = {}
     for op in graph.others:
         channels = graph.slice_width(op.slices, widths)
@@ -90,8 +95,8 @@ def latency_breakdown(
     lsum, osum = sum(layers.values()), sum(ops.values())
     return {
         "layers_ms": layers, "ops_ms": ops, "sum_layers_ms": lsum, "sum_ops_ms": osum,
-        "interpolated_ms": float(interp),
-        "predicted_ms": float(table.calibration.apply(lsum, osum, interp)),
+        "interpolated_ms": float(interp), "depthwise_ms": float(depthwise),
+        "predicted_ms": float(table.calibration.apply(lsum, osum, interp, depthwise)),
     }
 
 

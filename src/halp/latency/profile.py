@@ -56,8 +56,9 @@ class ProfileSettings:
             of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
         guard: on a CPU backend, take a measurement again when a probe shows the machine ran more than
-            this many times slower than its best while measuring (another tenant of a shared host);
-            0 disables it. See :mod:`halp.latency.guard`.
+            this many times slower than its best while measuring (another tenant of a shared host),
+            e.g. 1.2; 0 (the default) is off: on a machine whose speed flickers the waits can double a
+            profile's time. See :mod:`halp.latency.guard`.
         guard_wait_s: longest wait for such a slow spell to end before measuring anyway.
     """
 
@@ -79,7 +80,7 @@ class ProfileSettings:
     clock: str = "wall"
     statistic: str = "median"
     seed: int = 0
-    guard: float = 1.2
+    guard: float = 0.0
     guard_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -114,6 +115,10 @@ class ProfileSettings:
 
     def e2e_timing(self) -> TimingSettings:
         return TimingSettings(self.e2e_warmup, 10 * self.warmup_ms, self.e2e_repeats, 0.0, self.e2e_repeats, self.clock)
+
+
+#: what a setting added later meant before it existed, where that differs from its default today
+LEGACY_SETTINGS: dict[str, Any] = {"guard": 0.0}
 
 
 def _rebatch(inputs: tuple[torch.Tensor, ...], batch: int | None) -> tuple[torch.Tensor, ...]:
@@ -243,7 +248,7 @@ def _reuse(path: Path, meta: dict[str, Any], graph: Any) -> LatencyTable:
     old = LatencyTable.load(path)
     keys = ("backend", "batch", "dtype", "threads", "backend_options")
     # a setting added in a later halp version is missing from older tables; it defaulted to the old behaviour
-    defaults = dataclasses.asdict(ProfileSettings())
+    defaults = dataclasses.asdict(ProfileSettings()) | LEGACY_SETTINGS
     same = all(old.meta.get(k) == meta[k] for k in keys) and {**defaults, **old.meta.get("settings", {})} == meta["settings"]
     if same and old.meta.get("model", {}).get("graph_hash") == meta["model"]["graph_hash"] and not old.covers(graph):
         logger.info("latency table %s already profiled for this model and settings; reusing it", path)

@@ -89,6 +89,8 @@ def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, An
     calib = {"a": c.a, "b": c.b, "c": c.c, "method": c.method, "loo_rel_rmse": c.loo_rel_rmse, "samples": c.samples}
     if c.d is not None:
         calib["d"] = c.d
+    if c.e is not None:
+        calib["e"] = c.e
     return {"format": fmt, "format_version": version, "meta": table.meta, "layers": entries, "ops": ops,
             "calibration": calib}
 
@@ -136,7 +138,8 @@ def table_from_dict(
     try:
         calib = Calibration(float(c["a"]), float(c["b"]), float(c["c"]), str(c["method"]), list(c.get("samples", [])),
                             {str(k): float(v) for k, v in dict(c.get("loo_rel_rmse", {})).items()},
-                            None if c.get("d") is None else float(c["d"]))
+                            None if c.get("d") is None else float(c["d"]),
+                            None if c.get("e") is None else float(c["e"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"calibration is malformed: {exc!s}")
     return meta, entries, ops, calib

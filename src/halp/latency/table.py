@@ -211,7 +211,10 @@ class Calibration:
     measured, so the fit can be checked or redone.
 
     ``d`` weighs the layer time read *between* measured grid points (``interp`` form; ``None``: as
-    ``a``), which on a CPU can run slower than interpolation says.
+    ``a``), which on a CPU can run slower than interpolation says. ``e`` weighs depthwise convolutions
+    (``kind`` form; ``None``: as ``a``): memory-bound, they fare differently in a network than alone
+    from compute-bound convolutions (2.4x against 0.5x for MobileNet-V2 at 2 threads on our VM).
+    Each special weight replaces ``a`` on its part of the layer sum (the parts may overlap).
     """
 
     a: float = 1.0
@@ -221,11 +224,14 @@ class Calibration:
     samples: list[dict[str, Any]] = field(default_factory=list)
     loo_rel_rmse: dict[str, float] = field(default_factory=dict)
     d: float | None = None
+    e: float | None = None
 
-    def apply(self, layers_ms: Any, ops_ms: Any, interp_ms: Any = 0.0) -> Any:
-        """Calibrated latency; ``layers_ms`` is the whole layer sum, ``interp_ms`` the interpolated part of it."""
+    def apply(self, layers_ms: Any, ops_ms: Any, interp_ms: Any = 0.0, depthwise_ms: Any = 0.0) -> Any:
+        """Calibrated latency; ``layers_ms`` is the whole layer sum, ``interp_ms`` its interpolated part and
+        ``depthwise_ms`` its depthwise convolutions."""
         d = self.a if self.d is None else self.d
-        return self.a * (layers_ms - interp_ms) + d * interp_ms + self.b * ops_ms + self.c
+        e = self.a if self.e is None else self.e
+        return self.a * (layers_ms - interp_ms) + d * interp_ms + (e - self.a) * depthwise_ms + self.b * ops_ms + self.c
 
 
 class LatencyTable:
