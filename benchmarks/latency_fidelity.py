@@ -40,7 +40,7 @@ import torch
 import halp
 from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
-from halp.latency.calibrate import fit_samples, random_widths, refit, slim_variant
+from halp.latency.calibrate import CALIBRATION_JITTER, fit_samples, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,15 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     # the calibration's own slim variants (other random networks than the ones scored) are measured in
     # the same passes, so that the calibration can be re-taken on the machine as it is while measuring
     cal_samples = [s for s in table.calibration.samples if s["widths"]]
+    if args.calibration == "session" and args.more_calibration:
+        # more calibration networks drawn the way halp.profile draws its own (half on the latency steps, half
+        # free, each at its own level), with another seed: never the scored networks
+        from halp.grouping import group_steps
+
+        steps_cal, rng_cal = group_steps(graph, table), np.random.default_rng(args.seed + 7919)
+        cal_samples += [{"label": f"extra{i}", "widths": random_widths(
+            graph, rng_cal, args.low, 1.0, steps=steps_cal if i % 2 == 0 else None, jitter=CALIBRATION_JITTER)}
+            for i in range(args.more_calibration)]
     cal_models = [slim_variant(model, graph, s["widths"]) for s in cal_samples] if args.calibration == "session" else []
     models = [model, *variants, *cal_models]
     log.info("%s: measuring dense + %d variants + %d calibration variants (%d passes x %d rounds x %d repeats)",
@@ -127,6 +136,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "aligned_to_steps": bool(args.aligned),
         "jitter": jitter,
         "calibration_used": args.calibration,
+        "more_calibration": args.more_calibration,
         "calibrations": {k: {"a": c.a, "b": c.b, "c": c.c, "d": c.a if c.d is None else c.d,
                              "e": c.a if c.e is None else c.e, "method": c.method,
                              "loo_rel_rmse": c.loo_rel_rmse,
@@ -248,6 +258,8 @@ def section_title(args: argparse.Namespace) -> str:
         suffix += ", independent group widths"
     if args.aligned:
         suffix += ", widths on the latency steps"
+    if getattr(args, "more_calibration", 0):
+        suffix += f", {args.more_calibration} more calibration networks"
     return f"## Latency fidelity (paper Fig. 13){suffix}"
 
 
@@ -361,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", choices=["session", "profiled"], default="session",
                     help="session: also measure the table's calibration networks in the same passes and refit the "
                          "calibration (the headline numbers); profiled: only the table's own calibration")
+    ap.add_argument("--more-calibration", type=int, default=0, metavar="N",
+                    help="session calibration: N more random networks besides the table's own (drawn as halp.profile "
+                         "draws them, another seed), measured in the same passes")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/results.md")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -370,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "" if args.clock != "wall" or args.threads == DEFAULT_THREADS else f"_t{args.threads}") + (
         "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}") + (
         "" if args.statistic == "median" else f"_{args.statistic}") + ("_independent" if args.jitter < 0 else "") + (
-        "_aligned" if args.aligned else "")
+        "_aligned" if args.aligned else "") + (f"_cal{args.more_calibration}" if args.more_calibration else "")
     fig = out / f"{stem}.png"
     js = out / f"{stem}.json"
     if args.report_only:

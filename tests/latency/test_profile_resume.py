@@ -232,6 +232,12 @@ def test_recalibrate_follows_a_machine_that_got_faster_without_reprofiling(tiny,
     assert all(np.array_equal(before[e.id], e.median_ms) for e in table.entries)
     assert predict_from_widths(graph, table, widths) == pytest.approx(0.9 * truth, rel=1e-9)
     assert predict_latency(model, x, table) == pytest.approx(0.9 * true_e2e(graph), rel=1e-9)
+    first = [s["widths"] for s in table.calibration.samples]
+    more = fake_backend()
+    halp.recalibrate(table, model, x, backend=more, samples=9)  # more networks than profiled: the first are the same
+    assert more.model_calls == 10 and len(table.calibration.samples) == 10 and len(first) == 6
+    assert [s["widths"] for s in table.calibration.samples[:6]] == first
+    assert predict_from_widths(graph, table, widths) == pytest.approx(truth, rel=1e-9)
 
 
 def test_recalibrate_refuses_another_model_or_backend(tiny, fake_backend):

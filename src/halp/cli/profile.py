@@ -78,7 +78,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
     p.add_argument("--fine-span", type=int, default=64, help="fine cout sweep over the last N channels")
-    p.add_argument("--calibration-samples", type=int, default=16, help="random slim variants timed end to end")
+    p.add_argument("--calibration-samples", type=int, default=None,
+                   help="random slim variants timed end to end (default 16; with --recalibrate: as profiled). "
+                        "Models with depthwise convolutions on a multi-threaded CPU calibrate better with ~40")
     p.add_argument("--guard", type=float, default=0.0, metavar="RATIO",
                    help="on a shared CPU host: retake a measurement when a probe shows the machine ran RATIO times "
                         "slower than its best meanwhile (e.g. 1.2; waits out other tenants' spells; 0: off)")
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                              "--recalibrate)")
         table = halp.LatencyTable.load(args.output)
         before = table.calibration
-        halp.recalibrate(table, model, x, threads=args.threads)
+        halp.recalibrate(table, model, x, threads=args.threads, samples=args.calibration_samples)
         table.save(args.output)
         c = table.calibration
         print(f"recalibrated {args.output}: measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms "
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
         warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
-        calibration_samples=args.calibration_samples, guard=args.guard,
+        calibration_samples=16 if args.calibration_samples is None else args.calibration_samples, guard=args.guard,
     )
     c = table.calibration
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "
