@@ -269,7 +269,8 @@ def test_profile_under_the_speed_guard_retakes_slowed_points_and_records_it(tiny
         slow_every["n"] += 1
         return 2.0 if slow_every["n"] % 10 == 0 else next(probes)
 
-    monkeypatch.setattr(profile_mod, "SpeedGuard", lambda **kw: guard_mod.SpeedGuard(probe, sleep=lambda s: None, **kw))
+    monkeypatch.setattr(profile_mod, "guard_for", lambda name, tolerance, wait: guard_mod.SpeedGuard(
+        probe, sleep=lambda s: None, tolerance=tolerance, max_wait_s=wait) if tolerance else None)
 
     class Guarded(fake_backend):
         def time_layer(self, *args):

@@ -105,11 +105,12 @@ def run(args: argparse.Namespace) -> int:
               f"(was {before.a:.3f} x layers + {before.b:.3f} x ops + {before.c:.3f} ms)")
         return 0
     reusing = Path(args.output).exists() and not args.overwrite
+    more = {} if args.calibration_samples is None else {"calibration_samples": args.calibration_samples}
     table = halp.profile(
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
         warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
-        calibration_samples=16 if args.calibration_samples is None else args.calibration_samples, guard=args.guard,
+        guard=args.guard, **more,
     )
     c = table.calibration
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "

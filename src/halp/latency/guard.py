@@ -170,3 +170,11 @@ class SpeedGuard:
         return {"probe_best_ms": round(self.best, 4) if np.isfinite(self.best) else None,
                 "tolerance": self.tolerance, "waited_s": round(self.waited_s, 2), "retaken": self.retaken,
                 "timeouts": self.timeouts}
+
+
+def guard_for(backend_name: str, tolerance: float | None, max_wait_s: float = 10.0) -> SpeedGuard | None:
+    """The guard a measurement on ``backend_name`` gets: none when ``tolerance`` is None or 0 (off) or on
+    ``torch-cuda`` (a GPU is timed by its own events; the probe would time the host)."""
+    if not tolerance or backend_name == "torch-cuda":
+        return None
+    return SpeedGuard(tolerance=tolerance, max_wait_s=max_wait_s)

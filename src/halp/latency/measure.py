@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from halp.latency.backends import Backend, as_inputs, get_backend
-from halp.latency.guard import SpeedGuard
+from halp.latency.guard import guard_for
 from halp.latency.timing import LatencyStats, TimingSettings
 
 
@@ -85,8 +85,7 @@ def measure_many(
         raise ValueError(f"guard must be a slowdown ratio > 1 (e.g. 1.2) or None, got {guard!r}")
     saved = be.guard
     with be:
-        if guard is not None and be.name != "torch-cuda":
-            be.guard = SpeedGuard(tolerance=guard)
+        be.guard = guard_for(be.name, guard) or saved
         try:
             return be.time_models(models, as_inputs(example_inputs), rounds=rounds)
         finally:

@@ -24,7 +24,7 @@ import halp
 from halp.latency.backends import Backend, as_inputs, get_backend
 from halp.latency.calibrate import calibrate, graph_hash
 from halp.latency.fit import fit_line
-from halp.latency.guard import SpeedGuard
+from halp.latency.guard import SpeedGuard, guard_for
 from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
 from halp.latency.store import MeasurementStore, partial_path
@@ -106,9 +106,7 @@ class ProfileSettings:
 
     def speed_guard(self, backend: Backend) -> SpeedGuard | None:
         """The guard these settings ask for on ``backend`` (None on a GPU, whose timings use its own clock)."""
-        if not self.guard or backend.name == "torch-cuda":
-            return None
-        return SpeedGuard(tolerance=self.guard, max_wait_s=self.guard_wait_s)
+        return guard_for(backend.name, self.guard, self.guard_wait_s)
 
     def timing(self) -> TimingSettings:
         return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats, self.clock)
