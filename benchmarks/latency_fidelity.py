@@ -40,7 +40,7 @@ import torch
 import halp
 from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
-from halp.latency.calibrate import CALIBRATION_JITTER, fit_samples, random_widths, refit, slim_variant
+from halp.latency.calibrate import calibration_widths, fit_samples, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,14 +88,10 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     # the same passes, so that the calibration can be re-taken on the machine as it is while measuring
     cal_samples = [s for s in table.calibration.samples if s["widths"]]
     if args.calibration == "session" and args.more_calibration:
-        # more calibration networks drawn the way halp.profile draws its own (half on the latency steps, half
-        # free, each at its own level), with another seed: never the scored networks
-        from halp.grouping import group_steps
-
-        steps_cal, rng_cal = group_steps(graph, table), np.random.default_rng(args.seed + 7919)
-        cal_samples += [{"label": f"extra{i}", "widths": random_widths(
-            graph, rng_cal, args.low, 1.0, steps=steps_cal if i % 2 == 0 else None, jitter=CALIBRATION_JITTER)}
-            for i in range(args.more_calibration)]
+        # more calibration networks drawn the way halp.profile draws its own, with another seed: never the
+        # scored networks
+        extra = calibration_widths(graph, table, args.more_calibration, args.low, np.random.default_rng(args.seed + 7919))
+        cal_samples += [{"label": f"extra{i}", "widths": w} for i, w in enumerate(extra)]
     cal_models = [slim_variant(model, graph, s["widths"]) for s in cal_samples] if args.calibration == "session" else []
     models = [model, *variants, *cal_models]
     log.info("%s: measuring dense + %d variants + %d calibration variants (%d passes x %d rounds x %d repeats)",
@@ -245,22 +241,30 @@ def _scheme(args: argparse.Namespace) -> str:
             f"x (1 ± U({args.jitter:g})) of its channels, clipped to {lo}-100%")
 
 
-def section_title(args: argparse.Namespace) -> str:
-    """One docs section per measurement kind: the default (wall clock) and the thread-clock check."""
-    suffix = "" if args.clock == "wall" else f", {args.threads} thread(s), {args.clock} clock (diagnostic)"
-    if args.clock == "wall" and args.threads != DEFAULT_THREADS:
-        suffix += f", {args.threads} thread(s)"
+def variant_labels(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(docs title part, file name part)`` for every option that differs from the default measurement, in
+    one place so that each kind of run gets its own docs section and its own files."""
+    labels = []
+    if args.clock != "wall":
+        labels.append((f", {args.threads} thread(s), {args.clock} clock (diagnostic)", f"_{args.clock}clock"))
+    elif args.threads != DEFAULT_THREADS:
+        labels.append((f", {args.threads} thread(s)", f"_t{args.threads}"))
     if args.statistic != "median":
-        suffix += f", {args.statistic} of the samples"
-    if getattr(args, "guard", DEFAULT_GUARD) != DEFAULT_GUARD:
-        suffix += ", no speed guard" if not args.guard else f", speed guard {args.guard:g}"
+        labels.append((f", {args.statistic} of the samples", f"_{args.statistic}"))
+    if args.guard != DEFAULT_GUARD:
+        labels.append((", no speed guard" if not args.guard else f", speed guard {args.guard:g}", f"_guard{args.guard:g}"))
     if args.jitter < 0:
-        suffix += ", independent group widths"
+        labels.append((", independent group widths", "_independent"))
     if args.aligned:
-        suffix += ", widths on the latency steps"
-    if getattr(args, "more_calibration", 0):
-        suffix += f", {args.more_calibration} more calibration networks"
-    return f"## Latency fidelity (paper Fig. 13){suffix}"
+        labels.append((", widths on the latency steps", "_aligned"))
+    if args.more_calibration:
+        labels.append((f", {args.more_calibration} more calibration networks", f"_cal{args.more_calibration}"))
+    return labels
+
+
+def section_title(args: argparse.Namespace) -> str:
+    """One docs section per measurement kind: the default (wall clock) and each variation of it."""
+    return "## Latency fidelity (paper Fig. 13)" + "".join(title for title, _ in variant_labels(args))
 
 
 def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fig: Path, js: Path) -> None:
@@ -381,11 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     out = Path(args.out)
-    stem = "latency_fidelity" + ("" if args.clock == "wall" else f"_{args.clock}clock") + (
-        "" if args.clock != "wall" or args.threads == DEFAULT_THREADS else f"_t{args.threads}") + (
-        "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}") + (
-        "" if args.statistic == "median" else f"_{args.statistic}") + ("_independent" if args.jitter < 0 else "") + (
-        "_aligned" if args.aligned else "") + (f"_cal{args.more_calibration}" if args.more_calibration else "")
+    stem = "latency_fidelity" + "".join(part for _, part in variant_labels(args))
     fig = out / f"{stem}.png"
     js = out / f"{stem}.json"
     if args.report_only:

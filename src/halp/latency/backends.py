@@ -15,8 +15,9 @@ import logging
 import platform
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,15 @@ class Backend(ABC):
     def options(self) -> dict[str, Any]:
         """Backend-specific settings that change the numbers (recorded in tables and partial files)."""
         return {}
+
+    @contextmanager
+    def guarded(self, guard: SpeedGuard | None) -> Iterator[SpeedGuard | None]:
+        """Measure under ``guard`` (None: unguarded) inside the block; the backend's own guard is back after."""
+        saved, self.guard = self.guard, guard
+        try:
+            yield guard
+        finally:
+            self.guard = saved
 
     def _timed(self, fn: Callable[[], Any], **timing: Any) -> LatencyStats:
         """``time_callable(fn)`` with this backend's settings, under the speed guard when one is set."""

@@ -88,6 +88,32 @@ def widths_hash(widths: Mapping[str, int]) -> str:
     return hashlib.sha1(json.dumps(sorted(widths.items())).encode()).hexdigest()[:12]
 
 
+def calibration_widths(
+    graph: ChannelGraph, table: LatencyTable, samples: int, low: float, rng: np.random.Generator
+) -> list[dict[str, int]]:
+    """The widths of ``samples`` random slim networks for the calibration (fewer if a draw keeps every
+    channel), drawn from ``rng``.
+
+    Half the networks sit on each group's latency step, which is what latency-aware pruning produces;
+    half keep arbitrary widths (any other slim model a user predicts): off the step (on a CPU, off the
+    vector/tile size) a layer runs markedly slower than the grid's interpolation says, and a calibration
+    seen only on steps under-predicted such models by ~8% on ResNet-50. Each network prunes to its own
+    level, so the fit sees light to heavy prunings and can tell the per-layer scale from the constant.
+    """
+    if not graph.prunable_groups:
+        return []
+    try:
+        from halp.grouping import group_steps
+
+        steps = group_steps(graph, table)
+    except Exception as exc:  # noqa: BLE001 - calibration must not fail on a step detection problem
+        logger.warning("calibration: no latency steps (%s); variants use unaligned widths", exc)
+        steps = {}
+    variants = [random_widths(graph, rng, low, steps=steps if i % 2 == 0 else None, jitter=CALIBRATION_JITTER)
+                for i in range(samples)]
+    return [w for w in variants if any(w[g] < graph.group(g).channels for g in w)]
+
+
 def calibrate(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -105,29 +131,7 @@ def calibrate(
     on_measured: Any = None,
 ) -> Calibration:
     """Measure the dense model and ``samples`` random slim variants and fit the calibration."""
-    rng = np.random.default_rng(seed)
-    # The variants sit on each group's latency step, which is what latency-aware pruning produces. Off the
-    # step (on a CPU, off the vector/tile size) a layer runs markedly slower than the grid's interpolation
-    # says; fitting those widths would fold that penalty into the constant and over-predict the aligned
-    # models the pruner actually builds.
-    try:
-        from halp.grouping import group_steps
-
-        steps = group_steps(graph, table)
-    except Exception as exc:  # noqa: BLE001 - calibration must not fail on a step detection problem
-        logger.warning("calibration: no latency steps (%s); variants use unaligned widths", exc)
-        steps = {}
-    # Half the variants sit on the steps (the pruner's models), half keep arbitrary widths (any other
-    # slim model a user predicts): off the step a CPU layer can run far slower than the grid's
-    # interpolation says, and a calibration seen only on steps under-predicted such models by ~8% on
-    # ResNet-50. Each variant prunes to its own level, so the fit sees light to heavy prunings and
-    # can tell the per-layer scale from the constant.
-    variants = (
-        [random_widths(graph, rng, low, steps=steps if i % 2 == 0 else None, jitter=CALIBRATION_JITTER)
-         for i in range(samples)]
-        if graph.prunable_groups else []
-    )
-    variants = [w for w in variants if any(w[g] < graph.group(g).channels for g in w)]
+    variants = calibration_widths(graph, table, samples, low, np.random.default_rng(seed))
     try:
         from halp.surgery import prune_channels  # noqa: F401
     except ImportError:

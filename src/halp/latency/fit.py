@@ -8,7 +8,7 @@ per-op overhead or a negative weight on the layer sum would make predictions fal
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,9 +90,11 @@ def _solve(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: 
     return x[0], x[1], x[2], x[0], x[0]
 
 
-def _predict(coef: Coefficients, lay: float, ops: float, interp: float, dw: float) -> float:
+def calibrated(coef: Coefficients, layers_ms: Any, ops_ms: Any, interp_ms: Any = 0.0, depthwise_ms: Any = 0.0) -> Any:
+    """The calibration's formula, the one place it is written: ``a·(layers − interp) + d·interp
+    + (e − a)·depthwise + b·ops + c`` (scalars or arrays)."""
     a, b, c, d, e = coef
-    return a * (lay - interp) + d * interp + (e - a) * dw + b * ops + c
+    return a * (layers_ms - interp_ms) + d * interp_ms + (e - a) * depthwise_ms + b * ops_ms + c
 
 
 def _loo(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: np.ndarray, y: np.ndarray) -> float:
@@ -101,7 +103,7 @@ def _loo(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: np
     for i in range(y.size):
         m = np.arange(y.size) != i
         coef = _solve(form, lay[m], ops[m], interp[m], dw[m], y[m])
-        errs.append(_predict(coef, lay[i], ops[i], interp[i], dw[i]) / y[i] - 1.0)
+        errs.append(calibrated(coef, lay[i], ops[i], interp[i], dw[i]) / y[i] - 1.0)
     return float(np.sqrt(np.mean(np.square(errs))))
 
 

@@ -83,10 +83,5 @@ def measure_many(
         be.settings = settings
     if guard is not None and not guard > 1.0:
         raise ValueError(f"guard must be a slowdown ratio > 1 (e.g. 1.2) or None, got {guard!r}")
-    saved = be.guard
-    with be:
-        be.guard = guard_for(be.name, guard) or saved
-        try:
-            return be.time_models(models, as_inputs(example_inputs), rounds=rounds)
-        finally:
-            be.guard = saved
+    with be, be.guarded(guard_for(be.name, guard) or be.guard):
+        return be.time_models(models, as_inputs(example_inputs), rounds=rounds)

@@ -330,9 +330,8 @@ def profile(
     bar = tqdm(total=total, initial=min(store.resumed, total), disable=not progress, desc="profiling", unit="pt",
                dynamic_ncols=True)
     try:
-        with be, torch.random.fork_rng(devices=[]):
+        with be, be.guarded(cfg.speed_guard(be)) as guard, torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            be.guard = cfg.speed_guard(be)
             prof = _Profiler(be, store, cfg, bar.update)
             entries = []
             for p in plans:
@@ -349,7 +348,6 @@ def profile(
         store.flush()
         bar.total = bar.n  # the estimate counted every axis as prunable
         bar.close()
-        guard, be.guard = be.guard, None  # a Backend passed in is left as it came
     table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
     table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
     table.meta["measurements"] = {"new": store.new, "resumed": store.resumed, "retaken": prof.retaken}
@@ -414,13 +412,9 @@ def recalibrate(
     if (meta.get("model") or {}).get("graph_hash") != graph_hash(graph):
         raise ValueError("recalibrate needs the dense model the table was profiled on (its graph differs)")
     store = MeasurementStore(None, {})
-    with be, torch.random.fork_rng(devices=[]):
+    with be, be.guarded(cfg.speed_guard(be)), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        be.guard = cfg.speed_guard(be)
-        try:
-            table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
-        finally:
-            be.guard = None
+        table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
     meta["recalibrated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     logger.info("recalibrated: measured ≈ %.3f·layers + %.3f·ops + %.3f ms", table.calibration.a,
                 table.calibration.b, table.calibration.c)

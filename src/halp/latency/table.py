@@ -27,7 +27,7 @@ import numpy as np
 
 from halp.graph.types import ChannelGraph, Layer, LayerShape
 from halp.latency import serial
-from halp.latency.fit import staircase_period
+from halp.latency.fit import calibrated, staircase_period
 from halp.latency.interp import interp1, interp1_scalar, interp2, interp2_scalar, outside
 from halp.latency.ops import canonical_kind
 
@@ -231,7 +231,7 @@ class Calibration:
         ``depthwise_ms`` its depthwise convolutions."""
         d = self.a if self.d is None else self.d
         e = self.a if self.e is None else self.e
-        return self.a * (layers_ms - interp_ms) + d * interp_ms + (e - self.a) * depthwise_ms + self.b * ops_ms + self.c
+        return calibrated((self.a, self.b, self.c, d, e), layers_ms, ops_ms, interp_ms, depthwise_ms)
 
 
 class LatencyTable:
