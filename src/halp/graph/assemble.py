@@ -9,13 +9,45 @@ on module names and execution order, so building twice or on a deep copy gives t
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from .channels import Chan, Solution
-from .types import ChannelGraph, ChannelGroup, Layer, Member, OtherOp, Slice
+from .channels import Chan, ChannelSolver, Solution
+from .types import ChannelGraph, ChannelGroup, Layer, LayerShape, Member, OtherOp, Slice
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .build import _Walker
+
+@dataclass
+class LayerRecord:
+    """A conv/linear met during the walk (``in_chan``/``out_chan`` None: channels that never change)."""
+
+    name: str
+    module: str
+    shape: LayerShape
+    in_chan: Chan | None
+    out_chan: Chan | None
+    in_features: int = 0
+    out_features: int = 0
+
+
+@dataclass
+class OtherRecord:
+    """A non-conv op met during the walk; ``out_shape`` is (N, C, spatial...) with C its channel axis."""
+
+    name: str
+    kind: str
+    chan: Chan | None
+    width: int
+    out_shape: tuple[int, ...]
+
+
+@dataclass
+class WalkFacts:
+    """Everything the walk recorded, in execution order."""
+
+    solver: ChannelSolver
+    layers: list[LayerRecord]
+    others: list[OtherRecord]
+    grouped: list[tuple[str, int, Chan | None, Chan]]
+    unknown_ops: list[str]
 
 
 def _hw(shape: tuple[int, ...], repeat: int) -> tuple[int, int]:
@@ -49,12 +81,14 @@ class _Namer:
                      else (None, p.length * p.repeat) for p in pieces), 1
 
 
-def _grouped_constraints(walker: "_Walker", sol: Solution) -> tuple[dict[int, int], dict[int, list[str]]]:
+def _grouped_constraints(walker: WalkFacts, sol: Solution) -> tuple[dict[int, int], dict[int, list[str]]]:
     """Per class: the lcm of conv-group counts it must stay balanced over, and blocking reasons."""
     blocks: dict[int, int] = {}
     reasons: dict[int, list[str]] = {}
     for name, g, in_chan, out_chan in walker.grouped:
         for side, chan in (("input", in_chan), ("output", out_chan)):
+            if chan is None:
+                continue
             pieces = sol.pieces(chan)
             if len(pieces) == 1 and pieces[0].repeat == 1:
                 r = sol.root[pieces[0].atom]
@@ -68,7 +102,7 @@ def _grouped_constraints(walker: "_Walker", sol: Solution) -> tuple[dict[int, in
     return blocks, reasons
 
 
-def assemble(walker: "_Walker", input_shapes: tuple[tuple[int, ...], ...]) -> ChannelGraph:
+def assemble(walker: WalkFacts, input_shapes: tuple[tuple[int, ...], ...]) -> ChannelGraph:
     sol = walker.solver.solve()
     records = sorted(walker.solver.members.values(), key=lambda r: r.order)
 
@@ -128,4 +162,4 @@ def assemble(walker: "_Walker", input_shapes: tuple[tuple[int, ...], ...]) -> Ch
         others.append(OtherOp(o.name, o.kind, slices, _hw(o.out_shape, repeat),
                                int(o.out_shape[0]) if o.out_shape else 1))
     return ChannelGraph(groups=tuple(groups), layers=tuple(layers), others=tuple(others),
-                        input_shapes=input_shapes)
+                        input_shapes=input_shapes, unknown_ops=tuple(walker.unknown_ops))

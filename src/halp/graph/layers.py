@@ -1,146 +1,294 @@
-"""Built-in handlers for layers with per-channel parameters: Conv2d, Linear and the norms.
+"""Built-in handlers for ATen ops with per-channel parameters: convolution, linear, the norms, and
+products of activations (attention).
 
-A dense conv or linear *starts* a new channel source (its output) and *consumes* its input's channels
-(dim 1 of its weight). A depthwise conv (groups == in == out) keeps its input's channels, so it joins
-that group as a ``"depthwise"`` member. Other grouped convs are recorded so that the builder can attach
-the per-conv-group balance constraint to the groups on both sides.
+A conv or linear whose weight is a module's parameter *starts* a channel source (its output) and
+*consumes* its input's channels (dim 1 of the weight). A depthwise conv (groups == in == out) keeps its
+input's channels, so it joins that group. Other grouped convs are recorded so that the builder attaches
+the per-conv-group balance constraint to the groups on both sides. A conv whose weight is computed in
+``forward`` (weight standardisation) is timed but its channels are frozen: the computation may mix them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.nn.modules.batchnorm import _NormBase
 
-from .channels import Chan
-from .handlers import Handler, OpContext, TensorVal, Value, register_handler
+from .context import OpContext, ParamVal, TensorVal, Value
+from .handlers import register_handler
 from .types import LayerShape
 
-
-def _dtype_name(t: TensorVal) -> str:
-    return str(t.dtype).removeprefix("torch.")
+aten = torch.ops.aten
 
 
-def _pair(v: object) -> tuple[int, int]:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _pair(v: Any, default: int) -> tuple[int, int]:
+    if v is None:
+        return (default, default)
     if isinstance(v, int):
         return (v, v)
-    a, b = tuple(v)  # type: ignore[arg-type]
-    return (int(a), int(b))
+    v = list(v)
+    return (int(v[0]), int(v[-1])) if v else (default, default)
 
 
-def _padding(m: nn.Conv2d) -> tuple[int, int]:
-    if isinstance(m.padding, str):  # "valid" / "same"
-        if m.padding == "valid":
-            return (0, 0)
-        kh, kw = _pair(m.kernel_size)
-        dh, dw = _pair(m.dilation)
-        return (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
-    return _pair(m.padding)
+def direct_param(ctx: OpContext, arg: Any) -> tuple[str, str, nn.Module | None, ParamVal] | None:
+    """(owner module name, attribute, owner, value) when ``arg`` is a parameter read as it is stored."""
+    p = ctx.param(arg)
+    if p is None or len(p.refs) != 1:
+        return None
+    fqn, dims = p.refs[0]
+    if dims != tuple(range(len(p.shape))):
+        return None
+    owner, attr, module = ctx.walker.module_of(fqn)
+    return owner, attr, module, p
 
 
-def _input(ctx: OpContext) -> TensorVal:
-    x = ctx.tensor(ctx.arg(0, "input"))
-    if x is None:
-        raise ValueError(f"{ctx.describe()} was called without a tensor input")
+def _input_chan(ctx: OpContext, x: TensorVal, axis: int, what: str) -> TensorVal:
+    """``x`` as the layer reads it: its channels when they lie on ``axis`` unrepeated, else none."""
+    if x.chan is None:
+        return x
+    if x.axis != axis:
+        ctx.fix(x, f"{what} reads its input features along another axis than the channels")
+        return TensorVal(x.shape, x.dtype, None)
     return x
 
 
-def conv2d(ctx: OpContext) -> Value | None:
-    m = ctx.module
-    x = _input(ctx)
-    if len(x.shape) != 4 or x.chan is None:
-        raise ValueError(
-            f"{ctx.describe()} received an input of shape {tuple(x.shape)}; build_graph needs batched "
-            "(N, C, H, W) example inputs"
-        )
-    if any(s.repeat != 1 for s in x.chan):
-        ctx.fix(x, f"{ctx.describe()} reads channels built by a reshape")
-    w = ctx.walker
-    cin, out_shape = x.shape[1], ctx.out_shape
-    cout, g = out_shape[1], m.groups
-    if g > 1 and g == cin == cout:  # depthwise: output channel c is input channel c
-        ctx.member(ctx.name, "depthwise", x)
-        out = ctx.output(x.chan)
-        groups_kind = 0
+def conv(ctx: OpContext) -> Value | None:
+    name = ctx.node.target.overloadpacket.__name__
+    x = ctx.tensor(ctx.arg(0))
+    out_shape = ctx.out_shape
+    if name == "convolution":
+        transposed = bool(ctx.arg(6))
+        stride, padding, dilation, groups = ctx.arg(3), ctx.arg(4), ctx.arg(5), int(ctx.arg(8))
     else:
-        chan: Chan = w.first_output(ctx.name, lambda: w.solver.new_source("layer", ctx.name, cout))
-        out = ctx.output(chan)
-        ctx.member(ctx.name, "out", out)
-        ctx.member(ctx.name, "in", x)
-        if g > 1:
-            w.grouped.append((ctx.name, g, x.chan, chan))
-        groups_kind = 1 if g == 1 else g
+        transposed = False
+        stride, padding, dilation, groups = ctx.arg(3), ctx.arg(4), ctx.arg(5), int(ctx.arg(6, "groups", 1))
+    if x is None or len(x.shape) != 4 or transposed or name not in ("conv2d", "convolution"):
+        return ctx.opaque(f"{ctx.describe()} is not a 2-D convolution the graph can prune")
+    w = direct_param(ctx, ctx.arg(1))
+    weight = ctx.value(ctx.arg(1))
+    kernel = tuple(int(s) for s in weight.shape[2:]) if weight is not None else (1, 1)
+    if isinstance(padding, str):
+        pad = (0, 0) if padding == "valid" else tuple(
+            d * (k - 1) // 2 for d, k in zip(_pair(dilation, 1), kernel))
+    else:
+        pad = _pair(padding, 0)
+    cin, cout = x.shape[1], out_shape[1]
+    depthwise = groups > 1 and groups == cin == cout
     shape = LayerShape(
-        kind="conv2d", kernel=_pair(m.kernel_size), stride=_pair(m.stride), padding=_padding(m),
-        dilation=_pair(m.dilation), groups=groups_kind, in_hw=(x.shape[2], x.shape[3]), batch=x.shape[0],
-        dtype=_dtype_name(x), bias=m.bias is not None,
+        kind="conv2d", kernel=(kernel[0], kernel[-1]), stride=_pair(stride, 1), padding=pad,
+        dilation=_pair(dilation, 1), groups=0 if depthwise else groups, in_hw=(x.shape[2], x.shape[3]),
+        batch=x.shape[0], dtype=_dtype_name(x.dtype), bias=ctx.arg(2) is not None,
     )
-    w.add_layer(ctx.name, shape, x, out)
+    owner = w[0] if w is not None else ctx.name
+    standard = w is not None and isinstance(w[2], nn.Conv2d) and w[1] == "weight"
+    if w is None or (groups > 1 and not standard):
+        out = ctx.opaque(f"{ctx.describe()} computes its weight in forward (the computation may mix channels)"
+                         if w is None else f"{ctx.describe()} is a grouped conv of a {type(w[2]).__name__}")
+        ctx.walker.add_layer(owner, shape, None, None, in_features=cin, out_features=cout)
+        return out
+    x = _input_chan(ctx, x, 1, ctx.describe())
+    if x.chan is not None and any(s.repeat != 1 for s in x.chan):
+        ctx.fix(x, f"{ctx.describe()} reads channels built by a reshape")
+    if depthwise:
+        if x.chan is None:
+            out = ctx.untracked()
+        else:
+            ctx.member(owner, "depthwise", x)
+            out = ctx.output(x.chan, 1)
+        ctx.walker.add_layer(owner, shape, x if x.chan is not None else None, out if out.chan is not None else None,
+                             in_features=cin, out_features=cout)
+        return out
+    out = ctx.output(ctx.walker.first_output(owner, cout), 1)
+    _linear_members(ctx, owner, w[1], standard, out, x, bias=direct_param(ctx, ctx.arg(2)))
+    if groups > 1:
+        ctx.walker.add_grouped(owner, groups, x.chan, out.chan)
+    ctx.walker.add_layer(owner, shape, x if x.chan is not None else None, out, in_features=cin, out_features=cout)
     return out
+
+
+def _linear_members(ctx: OpContext, owner: str, attr: str, standard: bool, out: TensorVal, x: TensorVal,
+                    bias: Any) -> None:
+    if standard:
+        ctx.member(owner, "out", out)
+        if x.chan is not None:
+            ctx.member(owner, "in", x)
+        return
+    ctx.member(owner, "param", out, attr=attr, dim=0)
+    if bias is not None:
+        ctx.member(bias[0], "param", out, attr=bias[1], dim=0)
+    if x.chan is not None:
+        ctx.member(owner, "param", x, attr=attr, dim=1)
 
 
 def linear(ctx: OpContext) -> Value | None:
-    m = ctx.module
-    x = _input(ctx)
-    w = ctx.walker
-    batch = x.shape[0] if len(x.shape) == 2 else math.prod(x.shape[:-1])
-    shape = LayerShape(kind="linear", batch=batch, dtype=_dtype_name(x), bias=m.bias is not None)
-    if len(x.shape) != 2 or x.chan is None:
-        # features on the last axis of a >2-D tensor: not the channel axis we track; freeze both sides
-        out = ctx.opaque(f"{ctx.describe()} is applied to a {len(x.shape)}-D tensor")
-        w.add_layer(ctx.name, shape, None, None, in_features=x.shape[-1], out_features=m.out_features)
-        return out
-    if len({s.repeat for s in x.chan}) > 1:
+    x = ctx.tensor(ctx.arg(0))
+    w = direct_param(ctx, ctx.arg(1))
+    if x is None or len(x.shape) < 2 or w is None:
+        return ctx.opaque(f"{ctx.describe()} has a weight computed in forward or a 1-D input")
+    out_shape = ctx.out_shape
+    last = len(x.shape) - 1
+    shape = LayerShape(kind="linear", batch=math.prod(x.shape[:-1]), dtype=_dtype_name(x.dtype),
+                       bias=ctx.arg(2) is not None)
+    x = _input_chan(ctx, x, last, ctx.describe())
+    if x.chan is not None and len({s.repeat for s in x.chan}) > 1:
         ctx.fix(x, f"{ctx.describe()} reads flattened maps of different sizes")
-    chan = w.first_output(ctx.name, lambda: w.solver.new_source("layer", ctx.name, ctx.out_shape[1]))
-    out = ctx.output(chan)
-    ctx.member(ctx.name, "out", out)
-    ctx.member(ctx.name, "in", x)
-    w.add_layer(ctx.name, shape, x, out)
+    owner, attr, module, _ = w
+    standard = isinstance(module, nn.Linear) and attr == "weight"
+    out = ctx.output(ctx.walker.first_output(owner, out_shape[-1]), last)
+    _linear_members(ctx, owner, attr, standard, out, x, bias=direct_param(ctx, ctx.arg(2)))
+    ctx.walker.add_layer(owner, shape, x if x.chan is not None else None, out,
+                         in_features=x.shape[-1], out_features=out_shape[-1])
     return out
 
 
-def norm(kind: str) -> Handler:
-    """BatchNorm / InstanceNorm: per-channel affine terms and statistics."""
+def _norm_members(ctx: OpContext, out: TensorVal, args: list[Any], kind: type) -> bool:
+    """Per-channel norm parameters: one norm module's own (role "norm"), or any parameters (role "param")."""
+    direct = [direct_param(ctx, a) for a in args if a is not None]
+    if any(d is None for d in direct):
+        return False
+    owners = {d[0] for d in direct}
+    if len(owners) == 1 and direct and isinstance(direct[0][2], kind):
+        ctx.member(direct[0][0], "norm", out)
+        return True
+    for owner, attr, _, p in direct:
+        if p.shape and p.shape[0] > 1:
+            ctx.member(owner, "param", out, attr=attr, dim=0)
+    return True
+
+
+def batch_norm(kind: str) -> Any:
+    """batch/instance norm: per-channel statistics and affine terms on dim 1."""
 
     def handler(ctx: OpContext) -> Value | None:
-        x = _input(ctx)
-        out = ctx.passthrough(x)
-        if out.chan is not None:
-            ctx.member(ctx.name, "norm", out)
-        ctx.other(kind, x, out)
+        x = ctx.tensor(ctx.arg(0))
+        if x is None:
+            return ctx.opaque(f"{ctx.describe()} has no tensor input")
+        params = [ctx.arg(i) for i in range(1, 5)]
+        if x.chan is not None and x.axis != 1:
+            ctx.fix(x, f"{ctx.describe()} normalises along another axis than the channels")
+            x = TensorVal(x.shape, x.dtype, None)
+        out = ctx.map_outputs(lambda m: ctx.output(x.chan, 1, m) if len(m.shape) == len(x.shape) else ctx.untracked(m))
+        first = out.items[0] if hasattr(out, "items") else out
+        if x.chan is not None and not _norm_members(ctx, first, params, _NormBase):
+            ctx.fix(x, f"{ctx.describe()} normalises with statistics computed in forward")
+        ctx.other(kind, x, first)
         return out
 
     return handler
 
 
 def group_norm(ctx: OpContext) -> Value | None:
-    m = ctx.module
-    x = _input(ctx)
-    out = ctx.passthrough(x)
-    if m.num_groups == m.num_channels and out.chan is not None:  # per-channel statistics
-        ctx.member(ctx.name, "norm", out)
+    x = ctx.tensor(ctx.arg(0))
+    name = ctx.node.target.overloadpacket.__name__
+    if name == "native_group_norm":
+        groups, params = int(ctx.arg(6)), [ctx.arg(1), ctx.arg(2)]
     else:
-        ctx.fix(x, f"{ctx.describe()} normalises over groups of {m.num_channels // m.num_groups} channels")
-    ctx.other("groupnorm", x, out)
+        groups, params = int(ctx.arg(1)), [ctx.arg(2), ctx.arg(3)]
+    out = ctx.map_outputs(lambda m: ctx.output(x.chan, 1, m) if len(m.shape) == len(x.shape) else ctx.untracked(m))
+    first = out.items[0] if hasattr(out, "items") else out
+    if x.chan is not None:
+        if x.axis != 1 or groups != x.shape[1] or not _norm_members(ctx, first, params, nn.GroupNorm):
+            ctx.fix(x, f"{ctx.describe()} normalises over groups of {x.shape[1] // max(groups, 1)} channels")
+    ctx.other("groupnorm", x, first)
     return out
 
 
 def layer_norm(ctx: OpContext) -> Value | None:
-    m = ctx.module
-    x = _input(ctx)
-    if len(x.shape) - len(m.normalized_shape) <= 1:
+    """LayerNorm/RMSNorm normalise over the last axes: across channels when they lie there (frozen)."""
+    x = ctx.tensor(ctx.arg(0))
+    normalized = ctx.arg(1)
+    n_norm = len(normalized) if isinstance(normalized, (list, tuple)) else 1
+    if x.chan is not None and x.axis >= len(x.shape) - n_norm:
         ctx.fix(x, f"{ctx.describe()} normalises across channels")
-    out = ctx.passthrough(x)
-    ctx.other("layernorm", x, out)
+    out = ctx.map_outputs(lambda m: ctx.output(x.chan, x.axis, m) if len(m.shape) == len(x.shape) else ctx.untracked(m))
+    first = out.items[0] if hasattr(out, "items") else out
+    ctx.other("layernorm", x, first)
     return out
 
 
-register_handler(nn.Conv2d, conv2d)
-register_handler(nn.Linear, linear)
-register_handler(_BatchNorm, norm("batchnorm"))
-register_handler(_InstanceNorm, norm("instancenorm"))
-register_handler(nn.GroupNorm, group_norm)
-register_handler(nn.LayerNorm, layer_norm)
+def matmul(ctx: OpContext) -> Value | None:
+    """Products of activations (attention scores, attention-weighted values).
+
+    The contracted axis may be pruned if both sides lose the same channels (zeros add nothing);
+    the free axes keep their channels.
+    """
+    name = ctx.node.target.overloadpacket.__name__
+    first = 1 if name in ("addmm", "baddbmm", "addbmm") else 0
+    a, b = ctx.value(ctx.arg(first)), ctx.value(ctx.arg(first + 1))
+    if not isinstance(a, TensorVal) or not isinstance(b, TensorVal) or len(a.shape) < 2 or len(b.shape) < 2:
+        return ctx.opaque(f"{ctx.describe()} multiplies by a parameter or a vector")
+    na, nb = len(a.shape), len(b.shape)
+    out_shape = ctx.out_shape
+    out_chan, out_axis = None, -1
+    if a.chan is not None and a.axis == na - 1:
+        if b.chan is not None and b.axis == nb - 2:
+            ctx.equate(a, TensorVal(b.shape, b.dtype, b.chan, b.axis))
+        else:
+            ctx.fix(a, f"{ctx.describe()} contracts the channels with values that cannot follow them")
+    elif b.chan is not None and b.axis == nb - 2:
+        ctx.fix(b, f"{ctx.describe()} contracts the channels with values that cannot follow them")
+    if a.chan is not None and a.axis == na - 2:
+        out_chan, out_axis = a.chan, len(out_shape) - 2
+    elif a.chan is not None and a.axis < na - 2:
+        ctx.fix(a, f"{ctx.describe()} broadcasts the channels as a batch axis")
+    if b.chan is not None and b.axis == nb - 1:
+        if out_chan is None:
+            out_chan, out_axis = b.chan, len(out_shape) - 1
+        else:
+            ctx.fix(b, f"{ctx.describe()} would have two channel axes")
+    elif b.chan is not None and b.axis < nb - 2:
+        ctx.fix(b, f"{ctx.describe()} broadcasts the channels as a batch axis")
+    if first and (bias := ctx.tensor(ctx.arg(0))) is not None and out_chan is not None:
+        ctx.fix(TensorVal(out_shape, a.dtype, out_chan, out_axis), f"{ctx.describe()} adds a bias to the product")
+    out = ctx.output(out_chan, out_axis)
+    ctx.other("matmul", a, out)
+    return out
+
+
+def attention(ctx: OpContext) -> Value | None:
+    """scaled_dot_product_attention: the query/key width sets the softmax scale (frozen); the value
+    channels pass through."""
+    q, k, v = (ctx.tensor(ctx.arg(i)) for i in range(3))
+    for t in (q, k):
+        ctx.fix(t, f"{ctx.describe()} scales its scores by the query width")
+    out_chan = None
+    if v is not None and v.chan is not None:
+        if v.axis == len(v.shape) - 1:
+            out_chan = v.chan
+        else:
+            ctx.fix(v, f"{ctx.describe()} mixes the values along the channel axis")
+    out = ctx.output(out_chan, len(ctx.out_shape) - 1)
+    if q is not None:
+        ctx.other("attention", q, out)
+    return out
+
+
+def _register_all() -> None:
+    for name in ("conv2d", "convolution", "conv1d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d", "_convolution", "conv_tbc"):
+        if hasattr(aten, name):
+            register_handler(getattr(aten, name), conv)
+    register_handler(aten.linear, linear)
+    for name in ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+                 "native_batch_norm", "_batch_norm_with_update", "_batch_norm_no_update", "cudnn_batch_norm"):
+        if hasattr(aten, name):
+            register_handler(getattr(aten, name), batch_norm("batchnorm"))
+    register_handler(aten.instance_norm, batch_norm("instancenorm"))
+    for name in ("group_norm", "native_group_norm"):
+        register_handler(getattr(aten, name), group_norm)
+    for name in ("layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm"):
+        if hasattr(aten, name):
+            register_handler(getattr(aten, name), layer_norm)
+    for name in ("matmul", "mm", "bmm", "addmm", "baddbmm"):
+        register_handler(getattr(aten, name), matmul)
+    register_handler(aten.scaled_dot_product_attention, attention)
+
+
+_register_all()

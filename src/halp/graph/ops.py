@@ -1,119 +1,97 @@
-"""Built-in handlers for per-element ops: activations, arithmetic, pooling, resampling, padding.
+"""Built-in handlers for per-element ATen ops: activations, arithmetic, pooling, resampling, padding,
+reductions, softmax.
 
 These ops keep every channel separate, so pruning a channel upstream removes exactly that channel
-downstream. Element-wise ops between several tensors additionally *couple* their channel axes (a
-residual sum: all branches lose the same channels). Broadcasting is read from the real shapes:
-``x * s`` with ``s`` of shape ``(N, C, 1, 1)`` couples ``x`` with ``s`` (squeeze-excitation), while a
-``(N, 1, H, W)`` map broadcast across channels freezes its single channel.
+downstream; element-wise ops between several tensors also *couple* their channel axes (a residual sum:
+all branches lose the same channels). Ops that mix channels (a softmax or a reduction over them, a pool
+whose window covers the channel axis) freeze them.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .handlers import ConstVal, Handler, OpContext, TensorVal, Value, register_handler
+from .context import OpContext, TensorVal, Value, norm_dim
+from .generic import elementwise, opaque, passthrough
+from .handlers import register_handler
+
+aten = torch.ops.aten
 
 
-# -- generic handlers (also behind the string kinds of register_handler) -------------------------
-def passthrough(other_kind: str | None = None) -> Handler:
-    """Output channels are the first tensor input's channels, one to one."""
+def _first(ctx: OpContext) -> TensorVal:
+    x = ctx.tensor(ctx.arg(0))
+    if x is None:
+        raise ValueError(f"{ctx.describe()} was called without a tensor input")
+    return x
+
+
+def _spatial(n_spatial: int, kind: str | None) -> Any:
+    """Pools, resampling: the last ``n_spatial`` axes change, every other axis keeps its channels."""
 
     def handler(ctx: OpContext) -> Value | None:
-        tensors = ctx.tensors()
-        if not tensors:
-            raise ValueError(f"{ctx.describe()} has no tensor input to pass channels through")
-        out = ctx.passthrough(tensors[0])
-        if other_kind:
-            ctx.other(other_kind, tensors[0], out)
+        x = _first(ctx)
+        if x.chan is not None and x.axis >= len(x.shape) - n_spatial:
+            return ctx.opaque(f"{ctx.describe()} works along the channel axis")
+        out = ctx.map_outputs(lambda m: ctx.output(x.chan, x.axis, m) if len(m.shape) == len(x.shape)
+                              else ctx.untracked(m))
+        first = out.items[0] if hasattr(out, "items") else out
+        if kind and isinstance(first, TensorVal):
+            ctx.other(kind, x, first)
         return out
 
     return handler
 
 
-def elementwise(other_kind: str | None = None) -> Handler:
-    """Inputs broadcast against each other; those spanning the output's channel axis are coupled."""
+def _pad(ctx: OpContext) -> Value | None:
+    x = _first(ctx)
+    pad = ctx.arg(1, "pad") or ctx.arg(1, "padding") or []
+    padded = len(pad) // 2
+    if x.chan is not None and x.axis >= len(x.shape) - padded:
+        return ctx.opaque(f"{ctx.describe()} pads the channel axis")
+    out = ctx.passthrough(x)
+    ctx.other("pad", x, out)
+    return out
+
+
+def _dims(ctx: OpContext, index: int, ndim: int) -> set[int]:
+    dims = ctx.arg(index, "dim")
+    if dims is None or dims == []:
+        return set(range(ndim))
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    return {norm_dim(int(d), ndim) for d in dims}
+
+
+def _reduce(kind: str, dim_index: int = 1, keepdim_index: int = 2) -> Any:
+    """mean/sum/amax ...: reducing other axes keeps the channels; reducing the channel axis freezes them."""
 
     def handler(ctx: OpContext) -> Value | None:
-        out_shape = ctx.out_shape
-        n = len(out_shape)
-        vals = ctx.values()
-        if n < 2:
-            return ctx.output(None)
-        width = out_shape[1]
-        aligned: list[TensorVal] = []
-        params: list[tuple[ConstVal, int]] = []
-        for arg, v in vals:
-            k = len(v.shape)
-            d = 1 - (n - k)  # the input's dim lying on the output's channel axis
-            size = v.shape[d] if d >= 0 else 1
-            if isinstance(v, ConstVal):
-                if d >= 0 and size == width:
-                    params.append((v, d))
-                continue
-            if d == 1 and size == width:
-                aligned.append(v)
-                continue
-            if v.chan is not None and not (d == 1 and size == 1 and width == 1):
-                ctx.fix(v, f"{ctx.describe()} broadcasts a tensor of shape {tuple(v.shape)} against "
-                        f"{tuple(out_shape)}, so its channels do not map onto the output's channels")
-        if aligned:
-            for v in aligned[1:]:
-                ctx.equate(aligned[0], v)
-            out = ctx.output(aligned[0].chan)
-        else:
-            out = ctx.fixed_output(f"{ctx.describe()} builds its channels by broadcasting")
-        for v, d in params:
-            ctx.member(v.owner, "param", out, attr=v.attr, dim=d)
-        if other_kind:
-            first = aligned[0] if aligned else out
-            ctx.other(other_kind, first, out)
+        x = _first(ctx)
+        meta = ctx.out_meta
+        ndim = len(x.shape)
+        dims = _dims(ctx, dim_index, ndim)
+        if x.chan is None:
+            return ctx.map_outputs(lambda m: ctx.untracked(m))
+        if x.axis in dims:
+            ctx.fix(x, f"{ctx.describe()} reduces over the channel axis")
+            return ctx.map_outputs(lambda m: ctx.untracked(m))
+        first = meta if hasattr(meta, "shape") else meta[0]
+        keep = len(first.shape) == ndim
+        axis = x.axis if keep else x.axis - sum(1 for d in dims if d < x.axis)
+        out = ctx.map_outputs(lambda m: ctx.output(x.chan, axis, m))
+        if isinstance(out, TensorVal):
+            ctx.other(kind, x, out)
         return out
 
     return handler
-
-
-def opaque(other_kind: str | None = None) -> Handler:
-    """Freeze the channels of every input and output: the op's channel semantics are unknown."""
-
-    def handler(ctx: OpContext) -> Value | None:
-        out = ctx.opaque(f"{ctx.describe()} is registered as opaque")
-        tensors = ctx.tensors()
-        if other_kind and tensors and isinstance(out, TensorVal):
-            ctx.other(other_kind, tensors[0], out)
-        return out
-
-    return handler
-
-
-def _fixed_through(reason: str, other_kind: str | None) -> Handler:
-    """Channels stay in place but every value depends on all of them (normalising across channels)."""
-
-    def handler(ctx: OpContext) -> Value | None:
-        x = ctx.tensors()[0]
-        ctx.fix(x, f"{ctx.describe()} {reason}")
-        out = ctx.passthrough(x)
-        if other_kind:
-            ctx.other(other_kind, x, out)
-        return out
-
-    return handler
-
-
-def _norm_dim(dim: Any, ndim: int) -> Any:
-    if isinstance(dim, int):
-        return dim + ndim if dim < 0 else dim
-    return dim
 
 
 def _softmax(ctx: OpContext) -> Value | None:
-    x = ctx.tensors()[0]
-    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
-    if dim is None or _norm_dim(dim, len(x.shape)) == 1:
+    x = _first(ctx)
+    dim = norm_dim(int(ctx.arg(1, "dim")), len(x.shape))
+    if x.chan is not None and dim == x.axis:
         ctx.fix(x, f"{ctx.describe()} normalises across channels")
     out = ctx.passthrough(x)
     ctx.other("softmax", x, out)
@@ -122,146 +100,149 @@ def _softmax(ctx: OpContext) -> Value | None:
 
 def _glu(ctx: OpContext) -> Value | None:
     """``glu(x, dim)``: the two halves of ``dim`` multiply; along channels they are coupled."""
-    x = ctx.tensors()[0]
-    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim", -1)
-    if _norm_dim(dim, len(x.shape)) != 1 or x.chan is None:
-        return passthrough("glu")(ctx)
     from .channels import slice_chan
 
-    half = x.shape[1] // 2
+    x = _first(ctx)
+    dim = norm_dim(int(ctx.arg(1, "dim", -1)), len(x.shape))
+    if x.chan is None or dim != x.axis:
+        return passthrough("glu")(ctx)
+    half = x.shape[dim] // 2
     a, b = slice_chan(x.chan, 0, half), slice_chan(x.chan, half, 2 * half)
     if a is None or b is None:
         return ctx.opaque(f"{ctx.describe()} splits a flattened channel")
-    ta, tb = TensorVal(ctx.out_shape, x.dtype, a), TensorVal(ctx.out_shape, x.dtype, b)
-    ctx.equate(ta, tb)
-    out = ctx.output(a)
+    shape = ctx.out_shape
+    ctx.equate(TensorVal(shape, x.dtype, a, dim), TensorVal(shape, x.dtype, b, dim))
+    out = ctx.output(a, dim)
     ctx.other("glu", x, out)
     return out
 
 
 def _prelu(ctx: OpContext) -> Value | None:
-    x = ctx.tensors()[0]
+    x = _first(ctx)
     out = ctx.passthrough(x)
-    if ctx.module.num_parameters > 1 and out.chan is not None:
-        ctx.member(ctx.name, "param", out, attr="weight", dim=0)
+    w = ctx.param(ctx.arg(1, "weight"))
+    if out.chan is not None and w is not None and w.shape and w.shape[0] > 1:
+        if out.axis != 1 or not ctx.param_members(w, 0, out):
+            ctx.fix(out, f"{ctx.describe()} has per-channel slopes that cannot follow the channels")
     ctx.other("prelu", x, out)
     return out
 
 
-def _pad(ctx: OpContext) -> Value | None:
-    x = ctx.tensors()[0]
-    pad = ctx.module.padding if ctx.module is not None else ctx.arg(1, "pad")
-    if isinstance(pad, int):  # a module padding every spatial side alike
-        padded_dims = 2 if isinstance(ctx.module, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
-                                                   nn.ReplicationPad2d)) else 1
-    else:
-        padded_dims = len(pad) // 2
-    if len(x.shape) - padded_dims <= 1:
-        return ctx.opaque(f"{ctx.describe()} pads the channel axis")
-    out = ctx.passthrough(x)
-    ctx.other("pad", x, out)
-    return out
+def _to_untracked(ctx: OpContext) -> Value | None:
+    """Ops that make a tensor of another's shape but not of its values (zeros_like, full_like ...)."""
+    return ctx.map_outputs(lambda m: ctx.untracked(m))
 
 
-def _kind_of(name: str) -> str:
-    return name.rstrip("_").lower()
-
-
-# -- registration --------------------------------------------------------------------------------
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.SELU: "selu",
-    nn.CELU: "celu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-    nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Hardtanh: "hardtanh", nn.Mish: "mish",
-    nn.Softplus: "softplus", nn.Softsign: "softsign", nn.Tanhshrink: "tanhshrink",
-    nn.LogSigmoid: "logsigmoid", nn.Threshold: "threshold", nn.RReLU: "rrelu",
-    nn.Hardshrink: "hardshrink", nn.Softshrink: "softshrink",
-}
-_POOL_MODULES: dict[type, str] = {
-    nn.MaxPool1d: "maxpool", nn.MaxPool2d: "maxpool", nn.AvgPool1d: "avgpool", nn.AvgPool2d: "avgpool",
-    nn.AdaptiveAvgPool1d: "adaptive_avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
-    nn.AdaptiveMaxPool1d: "adaptive_maxpool", nn.AdaptiveMaxPool2d: "adaptive_maxpool",
-    nn.LPPool2d: "lppool", nn.Upsample: "upsample", nn.UpsamplingNearest2d: "upsample",
-    nn.UpsamplingBilinear2d: "upsample",
-}
-_FREE_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                 nn.FeatureAlphaDropout)
-
-_ACT_FUNCTIONS: list[Callable[..., Any]] = [
-    F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.gelu, F.silu,
-    F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_, F.mish, F.softplus,
-    F.softsign, F.tanhshrink, F.logsigmoid, F.threshold, F.rrelu, F.hardshrink, F.softshrink,
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.selu, torch.celu, torch.rrelu,
-    torch.abs, torch.neg, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.square, torch.sign,
-    torch.clamp, torch.clip, torch.reciprocal, torch.erf, torch.sin, torch.cos, torch.floor,
-    torch.round, torch.ceil, torch.nn.functional.silu, operator.neg, operator.pos, operator.abs,
-]
-_ACT_METHODS = [
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg", "exp", "log", "sqrt",
-    "rsqrt", "square", "sign", "clamp", "clamp_", "clip", "reciprocal", "erf", "floor", "round", "ceil",
-    "pow", "sin", "cos", "hardswish", "silu",
+_UNARY = [
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_",
+    "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish", "hardswish_",
+    "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "mish", "mish_", "softplus", "log_sigmoid",
+    "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "sign", "clamp", "clamp_", "clamp_min",
+    "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "reciprocal", "erf", "sin", "cos", "floor",
+    "round", "ceil", "pow", "pow_", "threshold", "hardshrink", "softshrink", "logit", "erfinv", "tan",
+    "exp2", "expm1", "log1p", "log2", "log10", "frac", "trunc", "bitwise_not", "logical_not", "nan_to_num",
+    "alpha_dropout", "feature_alpha_dropout", "relu6_",
 ]
 _BINARY = {
-    operator.add: "add", operator.iadd: "add", operator.sub: "sub", operator.isub: "sub",
-    operator.mul: "mul", operator.imul: "mul", operator.truediv: "div", operator.itruediv: "div",
-    operator.floordiv: "div", operator.pow: "pow", torch.add: "add", torch.sub: "sub",
-    torch.subtract: "sub", torch.mul: "mul", torch.multiply: "mul", torch.div: "div",
-    torch.divide: "div", torch.true_divide: "div", torch.maximum: "max", torch.minimum: "min",
-    torch.where: "where", torch.lerp: "lerp", torch.pow: "pow", torch.fmax: "max", torch.fmin: "min",
-    torch.addcmul: "addcmul",
+    "add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "rsub": "sub", "mul": "mul", "mul_": "mul",
+    "div": "div", "div_": "div", "true_divide": "div", "floor_divide": "div", "remainder": "div",
+    "fmod": "div", "maximum": "max", "minimum": "min", "fmax": "max", "fmin": "min", "where": "where",
+    "lerp": "lerp", "addcmul": "addcmul", "addcdiv": "addcmul", "masked_fill": "where",
+    "masked_fill_": "where", "eq": None, "ne": None, "gt": None, "ge": None, "lt": None, "le": None,
+    "logical_and": None, "logical_or": None, "bitwise_and": None, "bitwise_or": None, "atan2": "div",
+    "copysign": "mul", "hypot": "add", "xlogy": "mul", "pow": "pow",
 }
-_BINARY_METHODS = {
-    "add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul", "div": "div",
-    "div_": "div", "maximum": "max", "minimum": "min", "where": "where", "lerp": "lerp",
-    "__add__": "add", "__radd__": "add", "__mul__": "mul", "__rmul__": "mul", "__sub__": "sub",
+_FREE = [
+    "clone", "contiguous", "detach", "alias", "lift_fresh_copy", "_to_copy", "to", "type_as",
+    "dropout", "dropout_", "native_dropout", "feature_dropout", "feature_dropout_", "_assert_tensor_metadata",
+    "requires_grad_", "_assert_async",
+]
+_POOL2D = {
+    "max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool", "avg_pool2d": "avgpool",
+    "adaptive_avg_pool2d": "adaptive_avgpool", "_adaptive_avg_pool2d": "adaptive_avgpool",
+    "adaptive_max_pool2d": "adaptive_maxpool", "lp_pool2d": "lppool", "upsample_nearest2d": "upsample",
+    "upsample_bilinear2d": "upsample", "upsample_bicubic2d": "upsample", "_upsample_nearest_exact2d": "upsample",
+    "_upsample_bilinear2d_aa": "upsample", "fractional_max_pool2d": "maxpool",
+    "reflection_pad2d": "pad", "replication_pad2d": "pad",
 }
-_POOL_FUNCTIONS = {
-    F.max_pool1d: "maxpool", F.max_pool2d: "maxpool", F.avg_pool1d: "avgpool", F.avg_pool2d: "avgpool",
-    F.adaptive_avg_pool1d: "adaptive_avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
-    F.adaptive_max_pool1d: "adaptive_maxpool", F.adaptive_max_pool2d: "adaptive_maxpool",
-    F.lp_pool2d: "lppool", F.interpolate: "upsample", F.upsample: "upsample",
-    F.upsample_nearest: "upsample", F.upsample_bilinear: "upsample", torch.max_pool2d: "maxpool",
-    torch.avg_pool1d: "avgpool", torch.adaptive_avg_pool1d: "adaptive_avgpool",
+_POOL1D = {
+    "max_pool1d": "maxpool", "avg_pool1d": "avgpool", "adaptive_avg_pool1d": "adaptive_avgpool",
+    "adaptive_max_pool1d": "adaptive_maxpool", "upsample_nearest1d": "upsample", "upsample_linear1d": "upsample",
+    "reflection_pad1d": "pad", "replication_pad1d": "pad",
 }
-_FREE_FUNCTIONS = [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-                   F.feature_alpha_dropout, torch.clone, torch.detach]
-_FREE_METHODS = ["contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16", "type",
-                 "type_as", "cpu", "cuda", "requires_grad_"]
+_REDUCE = ["mean", "sum", "amax", "amin", "std", "var", "logsumexp", "prod", "norm", "nansum", "nanmean",
+           "argmax", "argmin", "linalg_vector_norm", "any", "all"]
+_LIKE = ["zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_zeros",
+         "new_ones", "new_full", "new_empty", "scalar_tensor", "zeros", "ones", "full", "arange", "empty",
+         "rand", "randn", "linspace", "eye"]
+
+
+def _op(name: str) -> Any:
+    return getattr(aten, name, None)
 
 
 def _register_all() -> None:
-    for cls, kind in {**_ACT_MODULES, **_POOL_MODULES}.items():
-        register_handler(cls, passthrough(kind))
-    for cls in _FREE_MODULES:
-        register_handler(cls, passthrough(None))
-    for fn in _ACT_FUNCTIONS:
-        register_handler(fn, elementwise(_kind_of(getattr(fn, "__name__", "op"))))
-    for name in _ACT_METHODS:
-        register_handler(name, elementwise(_kind_of(name)))
-    for fn, kind in _BINARY.items():
-        register_handler(fn, elementwise(kind))
-    for name, kind in _BINARY_METHODS.items():
-        register_handler(name, elementwise(kind))
-    for fn, kind in _POOL_FUNCTIONS.items():
-        register_handler(fn, passthrough(kind))
-    for fn in _FREE_FUNCTIONS:
-        register_handler(fn, passthrough(None))
-    for name in _FREE_METHODS:
-        register_handler(name, passthrough(None))
-    for target in (nn.Softmax, nn.LogSoftmax, nn.Softmin, F.softmax, F.log_softmax, F.softmin,
-                   torch.softmax, torch.log_softmax, "softmax", "log_softmax"):
-        register_handler(target, _softmax)
-    for target in (nn.GLU, F.glu):
-        register_handler(target, _glu)
-    register_handler(nn.PReLU, _prelu)
-    for target in (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad1d,
-                   nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d, F.pad):
-        register_handler(target, _pad)
-    register_handler(nn.PixelShuffle, opaque("pixel_shuffle"))
-    register_handler(nn.PixelUnshuffle, opaque("pixel_unshuffle"))
-    register_handler(nn.ChannelShuffle, opaque("channel_shuffle"))
-    register_handler(F.normalize, _fixed_through("normalises across an axis", "normalize"))
-    register_handler(nn.LocalResponseNorm, _fixed_through("mixes neighbouring channels", "lrn"))
-    register_handler(F.local_response_norm, _fixed_through("mixes neighbouring channels", "lrn"))
+    for name in _UNARY:
+        if _op(name) is not None:
+            register_handler(_op(name), elementwise(name.rstrip("_").lower()))
+    for name, kind in _BINARY.items():
+        if _op(name) is not None:
+            register_handler(_op(name), elementwise(kind))
+    for name in _FREE:
+        if _op(name) is not None:
+            register_handler(_op(name), passthrough(None))
+    for table, n in ((_POOL2D, 2), (_POOL1D, 1)):
+        for name, kind in table.items():
+            if _op(name) is not None:
+                register_handler(_op(name), _spatial(n, kind))
+    for name in ("max_pool3d", "avg_pool3d", "adaptive_avg_pool3d", "upsample_nearest3d", "upsample_trilinear3d"):
+        if _op(name) is not None:
+            register_handler(_op(name), _spatial(3, None))
+    for name in _REDUCE:
+        if _op(name) is not None:
+            if name in ("norm", "linalg_vector_norm"):
+                register_handler(_op(name), _reduce(name, dim_index=2, keepdim_index=3))
+            else:
+                register_handler(_op(name), _reduce(name))
+    for name in ("constant_pad_nd", "pad"):
+        register_handler(_op(name), _pad)
+    for name in ("softmax", "_softmax", "log_softmax", "_log_softmax", "softmin"):
+        if _op(name) is not None:
+            register_handler(_op(name), _softmax)
+    register_handler(aten.glu, _glu)
+    for name in ("prelu", "_prelu_kernel"):
+        if _op(name) is not None:
+            register_handler(_op(name), _prelu)
+    for name in _LIKE:
+        if _op(name) is not None:
+            register_handler(_op(name), _to_untracked)
+    for name in ("pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "cumsum",
+                 "cumprod", "sort", "topk", "roll", "flip"):
+        if _op(name) is not None:
+            register_handler(_op(name), opaque(name))
+    register_handler(operator.getitem, _getitem)
+    for name in ("max", "min"):
+        register_handler(_op(name), _max_min(name))
+
+
+def _max_min(kind: str) -> Any:
+    """``max.other`` is element-wise; ``max.dim`` and ``max.default`` reduce."""
+    reduce, binary = _reduce(kind), elementwise(kind)
+
+    def handler(ctx: OpContext) -> Value | None:
+        return binary(ctx) if ctx.node.target._overloadname == "other" else reduce(ctx)
+
+    return handler
+
+
+def _getitem(ctx: OpContext) -> Value | None:
+    from .context import TupleVal
+
+    base = ctx.value(ctx.arg(0))
+    index = ctx.arg(1)
+    if isinstance(base, TupleVal) and isinstance(index, int):
+        return base.items[index]
+    return ctx.opaque(f"{ctx.describe()} indexes a value the graph does not track")
 
 
 _register_all()

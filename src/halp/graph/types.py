@@ -139,6 +139,8 @@ class ChannelGraph:
     layers: tuple[Layer, ...]  # conv/linear, in execution order
     others: tuple[OtherOp, ...] = ()
     input_shapes: tuple[tuple[int, ...], ...] = ()
+    #: ops whose channel semantics the graph does not know (their channels are frozen), "op (where)"
+    unknown_ops: tuple[str, ...] = field(default=(), compare=False)
     _by_name: Mapping[str, ChannelGroup] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ def cpu_model_name() -> str:
 
 def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple (the graph's rule)."""
-    from halp.graph.trace import normalize_inputs
+    from halp.graph.capture import normalize_inputs
 
     return normalize_inputs(example_inputs)
 
