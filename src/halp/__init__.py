@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     # name: module that defines it
     "models": "halp.models",
-    "build_graph": "halp.graph",
+    "build_graph": "halp.verify",
     "ChannelGraph": "halp.graph",
     "ChannelGroup": "halp.graph",
     "mask_channels": "halp.surgery",

@@ -18,7 +18,7 @@ from torch import nn
 
 from halp.allocation import GroupOffer, StepResult, solve_step
 from halp.config import PruneConfig
-from halp.graph import build_graph
+from halp.verify import build_graph
 from halp.graph.capture import normalize_inputs
 from halp.graph.types import ChannelGraph, ChannelGroup
 from halp.grouping import block_sizes, group_steps

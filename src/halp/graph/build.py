@@ -39,6 +39,7 @@ class _Walker:
         self.registry = registry
         self.ignored = ignored
         self.modules = dict(model.named_modules())
+        self._ignored_paths = {n for n, m in self.modules.items() if n and ignored(m, n)}
         self.solver = ChannelSolver()
         self.values: dict[fx.Node, Value | None] = {}
         self.facts = WalkFacts(self.solver, [], [], [], [])
@@ -158,7 +159,21 @@ class _Walker:
             return ctx.opaque(f"the graph does not know how channels flow through {self.describe(node)}")
         value = handler(ctx)
         _check_value(value, meta, self.describe(node))
+        inside = self._inside_ignored(node)
+        if inside:
+            reason = f"module {inside!r} is listed in ignore="
+            for v in list(ctx.values()) + list(_flatten(value)):
+                if isinstance(v, TensorVal):
+                    ctx.fix(v, reason)
         return value
+
+    def _inside_ignored(self, node: fx.Node) -> str | None:
+        if not self._ignored_paths:
+            return None
+        for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+            if path in self._ignored_paths:
+                return path
+        return None
 
     def _leaf(self, node: fx.Node, module: nn.Module, handler: Handler) -> Value | None:
         metas = node.meta["val"]
@@ -254,7 +269,12 @@ def build_graph(
     registry = DEFAULT_HANDLERS.copy()
     for target, handler in (handlers or {}).items():
         registry.register(target, handler)
-    cap = capture(model, inputs, lambda m, q: leaf(m, q) or ignored(m, q))
+    try:  # ignored modules are captured like the rest (their layers are timed), frozen by the walk ...
+        cap = capture(model, inputs, leaf)
+    except ValueError:  # ... unless export cannot capture them: then they are kept whole
+        if not ignore:
+            raise
+        cap = capture(model, inputs, lambda m, q: leaf(m, q) or ignored(m, q))
     walker = _Walker(cap, model, registry, ignored)
     walker.run()
     graph = assemble(walker.facts, tuple(tuple(t.shape) for t in inputs))

@@ -69,6 +69,11 @@ def conv(ctx: OpContext) -> Value | None:
     else:
         transposed = False
         stride, padding, dilation, groups = ctx.arg(3), ctx.arg(4), ctx.arg(5), int(ctx.arg(6, "groups", 1))
+    if x is not None and len(x.shape) == 3 and name in ("conv2d", "convolution"):
+        raise ValueError(
+            f"{ctx.describe()} received an input of shape {tuple(x.shape)}; build_graph needs batched "
+            "(N, C, H, W) example inputs"
+        )
     if x is None or len(x.shape) != 4 or transposed or name not in ("conv2d", "convolution"):
         return ctx.opaque(f"{ctx.describe()} is not a 2-D convolution the graph can prune")
     w = direct_param(ctx, ctx.arg(1))

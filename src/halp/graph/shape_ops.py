@@ -250,7 +250,13 @@ def slice_(ctx: OpContext) -> Value | None:
     if lo == 0 and hi >= width:
         return ctx.output(x.chan, dim)
     # a literal bound pins the channels between it and its end of the axis: they keep their positions
-    _pin(ctx, x, 0, max(lo, hi), "selects channels at fixed positions")
+    for bound in (start, end):
+        if bound is None or bound >= width:
+            continue
+        if bound >= 0:
+            _pin(ctx, x, 0, bound, "selects channels at fixed positions")
+        else:
+            _pin(ctx, x, max(0, width + bound), width, "selects channels at fixed positions")
     piece = slice_chan(x.chan, lo, max(lo, hi))
     if piece is None:
         return ctx.opaque(f"{ctx.describe()} cuts through a flattened channel")
