@@ -10,7 +10,7 @@ from halp.cli.profile import add_model_arguments, example_input, load_model
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX",
-                              description="Export a zoo model or a saved slim model to ONNX (checked by onnx.checker).")
+                              description="Export a named model or a saved slim model to ONNX (checked by onnx.checker).")
     add_model_arguments(p, positional=True)
     p.add_argument("--onnx", required=True, help="ONNX file to write")
     p.add_argument("--input", help="input size BxCxHxW (default: 1 x the model's input size)")
