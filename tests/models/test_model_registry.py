@@ -54,11 +54,11 @@ def test_unknown_name_lists_known_models() -> None:
 
 def test_unknown_library_name_suggests_close_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'mobilenetv3_larg_100' in timm\. Did you mean "
-                                         r"mobilenetv3_large_100"):
+                                         r"timm:mobilenetv3_large_100"):
         models.create("timm:mobilenetv3_larg_100")
-    with pytest.raises(ValueError, match="Did you mean resnet50"):
+    with pytest.raises(ValueError, match="Did you mean torchvision:resnet50"):
         models.input_size("torchvision:resnet5O")
-    with pytest.raises(ValueError, match="Did you mean .*yolov8n"):
+    with pytest.raises(ValueError, match="Did you mean .*yolo:yolov8n"):
         models.create("yolo:yolov8")
     with pytest.raises(ValueError, match=r"unknown model library 'tv'.*torchvision:, timm:, yolo:"):
         models.create("tv:resnet50")

@@ -183,10 +183,10 @@ _HOW_TO_LIST = (
 )
 
 
-def _unknown(name: str, candidates: list[str], where: str) -> ValueError:
+def _unknown(prefix: str, name: str, candidates: list[str]) -> ValueError:
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.7)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}{where}.{hint} {_HOW_TO_LIST}")
+    hint = f" Did you mean {', '.join(f'{prefix}:{c}' for c in close)}?" if close else ""
+    return ValueError(f"unknown model {name!r} in {prefix}.{hint} {_HOW_TO_LIST}")
 
 
 def resolve(name: object) -> str:
@@ -204,7 +204,7 @@ def resolve(name: object) -> str:
     if ":" in name:
         library, model = libraries.library_of(name)
         if not library.is_model(model):
-            raise _unknown(model, library.names(), f" in {library.prefix}")
+            raise _unknown(library.prefix, model, library.names())
         return name
     # a bare name: the zoo's own and aliases, or the same name in a library (``convnext_tiny``)
     zoo = sorted(_REGISTRY) + _available_aliases()
