@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from halp.config import PruneConfig
@@ -30,9 +29,10 @@ class Recipe:
     """Everything one pruning run needs (a YAML file or CLI flags map onto it one to one).
 
     Attributes:
-        model: a zoo name (``halp.models.list_models()``) or a directory written by ``halp.save_pruned``.
-        weights: a torchvision-format state dict (``.pth``/``.pt``, loaded with ``weights_only=True``) or a
-            ``.safetensors`` file to start from; None trains the dense model first (``dense_train``) or
+        model: a model name (``halp.models.list_models()``: the zoo's, an alias, or a library model such
+            as ``torchvision:resnet50``, ``timm:resnet18``) or a directory written by ``halp.save_pruned``.
+        weights: a local state dict of that architecture (``.pth``/``.pt``, loaded with
+            ``weights_only=True``, or ``.safetensors``) to start from; None trains the dense model first (``dense_train``) or
             reuses ``<out>/dense`` from an earlier run.
         data: a data set name (``halp.data.list_datasets()``); ``data_root`` its folder.
         batch: the deployment batch the latency table and budget refer to.
@@ -121,27 +121,13 @@ class Recipe:
 
 
 def load_weights(model: nn.Module, path: str) -> None:
-    """Loads a torchvision-format state dict or a safetensors file into ``model`` (strict)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"weights file {path} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """Loads a local state dict (``.safetensors``, or ``.pth``/``.pt`` with ``weights_only=True``), strictly.
 
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-            raise ValueError(
-                f"{path} is not a plain state dict loadable with weights_only=True ({exc}); save it with "
-                "torch.save(model.state_dict(), path)"
-            ) from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"weights in {path} do not fit the model: {exc}") from exc
+    See :func:`halp.models.load_weights`; a file that does not fit is a ValueError naming the keys.
+    """
+    from halp.models.weights import load_weights as load
+
+    load(model, path)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

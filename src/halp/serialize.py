@@ -1,10 +1,12 @@
 """Saving and loading slim models without pickle: a JSON spec plus a safetensors file.
 
 A slim model's architecture is its dense architecture plus the width kept in every channel group, so a
-saved model is ``{zoo name and arguments, input shape, widths}`` in JSON and the weights in safetensors.
+saved model is ``{model name and arguments, input shape, widths}`` in JSON and the weights in safetensors;
+the name is whatever :func:`halp.models.create` built it from (``resnet56``, ``torchvision:resnet50``,
+``timm:resnet18`` …, recorded in ``model.halp_arch``).
 Loading rebuilds the dense model, slims it with :func:`halp.prune_channels` to those widths and loads the
-weights with ``strict=True``: no code from the file ever runs. Models outside the zoo are loaded by passing
-the dense model they came from.
+weights with ``strict=True``: no code from the file ever runs. Models not built by ``halp.models.create``
+are loaded by passing the dense model they came from.
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ def save_pruned(
     """Writes ``model`` (dense or slim) to the directory ``path``.
 
     Args:
-        model: a zoo model or a model slimmed from one (it carries ``halp_arch``), or any model whose dense
-            form the loader will be given.
+        model: a model from :func:`halp.models.create` or one slimmed from it (it carries ``halp_arch``),
+            or any model whose dense form the loader will be given.
         widths: kept channels per group; defaults to what the pruner attached (``model.halp_widths``), or
             dense.
         input_shape: the example input shape the graph is built with; defaults to ``model.halp_input_shape``
-            or the zoo model's batch-1 input.
+            or the named model's batch-1 input.
         meta: JSON-able extras stored alongside (accuracy, latency, the recipe ...).
     """
     out = Path(path)
@@ -103,7 +105,8 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
 
     Args:
         path: the directory written by ``save_pruned``.
-        model: the *dense* model it was pruned from; needed only for models outside the zoo.
+        model: the *dense* model it was pruned from; needed only for models not built by
+            :func:`halp.models.create`.
     """
     from halp.graph import build_graph
     from halp.models import create
@@ -113,7 +116,7 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     if model is None:
         if spec["arch"] is None:
             raise ValueError(
-                f"{path} holds a model outside the halp zoo: pass the dense model it was pruned from, "
+                f"{path} holds a model not built by halp.models.create: pass the dense model it was pruned from, "
                 "load_pruned(path, model=MyNet())"
             )
         model = create(spec["arch"]["name"], **spec["arch"].get("kwargs", {}))

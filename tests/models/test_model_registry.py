@@ -14,12 +14,20 @@ from halp.models import registry
 
 def test_list_models_and_pattern() -> None:
     names = models.list_models()
-    expected = {"resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v1", "mobilenet_v2"}
-    expected |= {"vgg16_bn", "resnet20", "resnet56", "mobilenet_v2_cifar", "digits_resnet"}
-    assert expected <= set(names)
+    aliases = {"resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v1", "mobilenet_v2", "vgg16_bn"}
+    own = {"resnet20", "resnet56", "mobilenet_v2_cifar", "vgg11_cifar", "digits_resnet"}
+    assert aliases | own <= set(names)
+    assert set(models.list_models(zoo_only=True)) == own
     resnets = ["resnet101", "resnet18", "resnet20", "resnet34", "resnet50", "resnet56"]
     assert models.list_models("resnet*") == resnets
     assert models.list_models("nothing*") == []
+    # library models, under their prefix
+    assert {"torchvision:resnet50", "torchvision:ssd300_vgg16", "timm:mobilenetv3_large_100",
+            "yolo:yolov8n", "yolo:yolo11n"} <= set(names)
+    tv = models.list_models("torchvision:*")
+    assert len(tv) == 80 + 12  # torchvision 0.29's classification and detection builders
+    assert all(n.startswith("torchvision:") for n in tv)
+    assert "timm:resnet18" in models.list_models("timm:resnet1*")
 
 
 def test_public_name_on_halp() -> None:
@@ -32,22 +40,51 @@ def test_unknown_name_lists_known_models() -> None:
     with pytest.raises(ValueError, match="unknown model 'resnet5'") as info:
         models.create("resnet5")
     message = str(info.value)
-    assert "Did you mean" in message and "resnet50" in message
-    assert all(name in message for name in models.list_models())
-    with pytest.raises(ValueError, match="Known models"):
+    assert "Did you mean" in message and "resnet50" in message and "torchvision:resnet50" in message
+    assert all(name in message for name in [*models.list_models(zoo_only=True), *models.ALIASES])
+    assert "halp models" in message and "list_models" in message  # how to see the rest
+    with pytest.raises(ValueError, match="own models and aliases"):
         models.input_size("nope")
     with pytest.raises(ValueError, match="unknown model"):
         models.create(50)  # type: ignore[arg-type]
+    # a bare library name points at the libraries that have it
+    with pytest.raises(ValueError, match="torchvision:convnext_tiny, timm:convnext_tiny"):
+        models.create("convnext_tiny")
+
+
+def test_unknown_library_name_suggests_close_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'mobilenetv3_larg_100' in timm\. Did you mean "
+                                         r"timm:mobilenetv3_large_100"):
+        models.create("timm:mobilenetv3_larg_100")
+    with pytest.raises(ValueError, match="Did you mean torchvision:resnet50"):
+        models.input_size("torchvision:resnet5O")
+    with pytest.raises(ValueError, match="Did you mean .*yolo:yolov8n"):
+        models.create("yolo:yolov8")
+    with pytest.raises(ValueError, match=r"unknown model library 'tv'.*torchvision:, timm:, yolo:"):
+        models.create("tv:resnet50")
 
 
 def test_unknown_kwarg_lists_accepted_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown keyword argument\(s\) \['width_mul'\]") as info:
-        models.create("mobilenet_v2", width_mul=0.5)
+        models.create("mobilenet_v2_cifar", width_mul=0.5)
     assert "width_mult" in str(info.value) and "in_chans" in str(info.value)
     with pytest.raises(ValueError, match="zero_init_residual"):
-        models.create("resnet18", width_mult=0.5)  # no width_mult; the message lists the options
+        models.create("resnet20", width_mult=0.5)  # no width_mult; the message lists the options
     with pytest.raises(ValueError, match="unknown keyword"):
         models.resnet20(foo=1)  # the registered function itself validates too
+    # library models: the library's complaint, as a ValueError that names the model
+    with pytest.raises(ValueError, match=r"torchvision:mobilenet_v2: the library refused .*'width_mul'"):
+        models.create("mobilenet_v2", width_mul=0.5)
+    with pytest.raises(ValueError, match=r"timm:resnet18: the library refused .*'foo'"):
+        models.create("timm:resnet18", foo=1)
+    with pytest.raises(ValueError, match=r"yolo:yolov8n: unknown keyword argument\(s\) \['depth'\]"):
+        models.create("yolo:yolov8n", depth=2)
+
+
+@pytest.mark.parametrize("kwarg", ["pretrained", "weights_backbone", "checkpoint_path"])
+def test_nothing_is_downloaded(kwarg: str) -> None:
+    with pytest.raises(ValueError, match="never downloads"):
+        models.create("torchvision:resnet18", **{kwarg: True})
 
 
 @pytest.mark.parametrize(
@@ -57,11 +94,13 @@ def test_unknown_kwarg_lists_accepted_ones() -> None:
         ("resnet20", {"num_classes": 2.5}, "num_classes must be a positive integer"),
         ("resnet20", {"num_classes": True}, "num_classes must be a positive integer"),
         ("mobilenet_v1", {"in_chans": -1}, "in_chans must be a positive integer"),
-        ("mobilenet_v2", {"width_mult": 0}, "width_mult must be a number > 0"),
-        ("mobilenet_v1", {"width_mult": "1"}, "width_mult must be a number > 0"),
-        ("mobilenet_v2", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
-        ("vgg16_bn", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
-        ("resnet50", {"zero_init_residual": "yes"}, "zero_init_residual must be True or False"),
+        ("timm:resnet18", {"num_classes": "10"}, "num_classes must be a positive integer"),
+        ("yolo:yolov8n", {"in_chans": 0}, "in_chans must be a positive integer"),
+        ("torchvision:ssd300_vgg16", {"in_chans": 1}, "detectors normalise RGB images"),
+        ("mobilenet_v2_cifar", {"width_mult": 0}, "width_mult must be a number > 0"),
+        ("mobilenet_v2_cifar", {"width_mult": "1"}, "width_mult must be a number > 0"),
+        ("mobilenet_v2_cifar", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+        ("resnet56", {"zero_init_residual": "yes"}, "zero_init_residual must be True or False"),
         ("digits_resnet", {"widths": 64}, "widths must be a tuple"),
         ("digits_resnet", {"widths": (32, 64), "blocks": (1,)}, "equal length"),
         ("digits_resnet", {"blocks": (1, 0, 1)}, "blocks must be a positive integer"),

@@ -1,7 +1,8 @@
-"""Every registered model: shapes, parameter and key counts, torchvision names, init, determinism.
+"""Every model of halp's own zoo: shapes, parameter and key counts, torchvision names, init, determinism;
+and the aliases of the zoo's former copies, now built by torchvision and timm.
 
-The expected numbers are torchvision's published parameter counts and key layouts (torchvision itself
-cannot be imported here), or derived by hand in the comments — never read back from the code under test.
+The expected numbers are torchvision's and timm's published parameter counts and key layouts, or derived by
+hand in the comments — never read back from the code under test.
 """
 
 from __future__ import annotations
@@ -14,23 +15,37 @@ from torch import nn
 
 from halp import models
 
-ALL = models.list_models()
+ALL = models.list_models(zoo_only=True)
 
 # Parameters at the default num_classes (1000 ImageNet, 10 CIFAR/digits).
-PARAMS = {
-    # torchvision's published counts
+# The aliases, built by the libraries: torchvision's published counts, and for timm's mobilenetv1_100 the
+# HALP paper's MobileNet-V1: stem 864+64; 13 blocks Σ(9·in + 2·in + in·out + 2·out) = 3,206,048;
+# fc 1024·1000+1000.
+ALIAS_PARAMS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "mobilenet_v2": 3_504_872,
     "vgg16_bn": 138_365_992,
-    # stem 864+64; 13 blocks Σ(9·in + 2·in + in·out + 2·out) = 3,206,048; fc 1024·1000+1000
     "mobilenet_v1": 4_231_976,
+}
+ALIAS_CLASSES = {
+    "resnet18": "torchvision.models.resnet.ResNet",
+    "resnet34": "torchvision.models.resnet.ResNet",
+    "resnet50": "torchvision.models.resnet.ResNet",
+    "resnet101": "torchvision.models.resnet.ResNet",
+    "mobilenet_v2": "torchvision.models.mobilenetv2.MobileNetV2",
+    "vgg16_bn": "torchvision.models.vgg.VGG",
+    "mobilenet_v1": "timm.models.efficientnet.EfficientNet",
+}
+
+PARAMS = {
     # option A counts 269,722 / 853,018 plus the two 1×1 shortcuts: 16·32+64 + 32·64+128 = 2,752
     "resnet20": 272_474,
     "resnet56": 855_770,
-    # mobilenet_v2 with a 10-way head: 3,504,872 − 1,281,000 + 12,810 (strides change no shapes)
+    # torchvision's mobilenet_v2 (3,504,872) with a 10-way head: − 1,281,000 + 12,810 (strides change no
+    # shapes)
     "mobilenet_v2_cifar": 2_236_682,
     # convs 9,220,480 (with biases) + BN 2·2,752 + fc 5,130
     "vgg11_cifar": 9_231_114,
@@ -42,90 +57,22 @@ PARAMS = {
 # state_dict keys, counted by hand: conv → 1 key (2 with bias), BatchNorm → 5 keys (weight, bias,
 # running_mean, running_var, num_batches_tracked), Linear → 2 keys.
 KEYS = {
-    # stem conv+bn 6; BasicBlock 2·(1+5) = 12; 1×1 downsample 6 in layers 2-4; fc 2
-    "resnet18": 6 + 8 * 12 + 3 * 6 + 2,  # 122
-    "resnet34": 6 + 16 * 12 + 3 * 6 + 2,  # 218
-    # Bottleneck 3·6 = 18; downsample in all four stages
-    "resnet50": 6 + 16 * 18 + 4 * 6 + 2,  # 320 (torchvision's count)
-    "resnet101": 6 + 33 * 18 + 4 * 6 + 2,  # 626
     # stem 6; block 1 (no expansion) 12; 16 blocks of 3 conv+bn 18; last 1×1 6; classifier 2
-    "mobilenet_v2": 6 + 12 + 16 * 18 + 6 + 2,  # 314
-    "mobilenet_v2_cifar": 6 + 12 + 16 * 18 + 6 + 2,
-    # 13 convs with bias 2 + BN 5; 3 linears
-    "vgg16_bn": 13 * 7 + 3 * 2,  # 97
+    "mobilenet_v2_cifar": 6 + 12 + 16 * 18 + 6 + 2,  # 314, torchvision mobilenet_v2's count
+    # 8 convs with bias 2 + BN 5; 1 linear
     "vgg11_cifar": 8 * 7 + 2,  # 58
-    # stem 6; 13 blocks of dw+pw 12; fc 2
-    "mobilenet_v1": 6 + 13 * 12 + 2,  # 164
     "resnet20": 6 + 9 * 12 + 2 * 6 + 2,  # 128
     "resnet56": 6 + 27 * 12 + 2 * 6 + 2,  # 344
     "digits_resnet": 6 + 3 * 12 + 2 * 6 + 2,  # 56
 }
 
-# A handful of (key, shape) per model; torchvision's names for the torchvision architectures.
+# A handful of (key, shape) per model; torchvision's names (mobilenet_v2_cifar's are torchvision
+# mobilenet_v2's, vgg11_cifar's features torchvision vgg11_bn's).
 SAMPLE_KEYS: dict[str, dict[str, tuple[int, ...]]] = {
-    "resnet18": {
-        "conv1.weight": (64, 3, 7, 7),
-        "bn1.num_batches_tracked": (),
-        "layer1.0.conv1.weight": (64, 64, 3, 3),
-        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
-        "layer2.0.downsample.1.running_mean": (128,),
-        "layer4.1.bn2.running_var": (512,),
-        "fc.weight": (1000, 512),
-        "fc.bias": (1000,),
-    },
-    "resnet34": {
-        "layer3.5.conv2.weight": (256, 256, 3, 3),
-        "layer4.0.downsample.1.weight": (512,),
-        "layer4.2.conv1.weight": (512, 512, 3, 3),
-        "fc.weight": (1000, 512),
-    },
-    "resnet50": {
-        "conv1.weight": (64, 3, 7, 7),
-        "layer1.0.conv1.weight": (64, 64, 1, 1),
-        "layer1.0.conv3.weight": (256, 64, 1, 1),
-        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
-        "layer2.0.conv1.weight": (128, 256, 1, 1),
-        "layer2.0.conv2.weight": (128, 128, 3, 3),
-        "layer3.5.bn3.running_mean": (1024,),
-        "layer4.2.bn3.weight": (2048,),
-        "fc.weight": (1000, 2048),
-    },
-    "resnet101": {
-        "layer3.22.conv3.weight": (1024, 256, 1, 1),
-        "layer4.0.downsample.0.weight": (2048, 1024, 1, 1),
-        "fc.weight": (1000, 2048),
-    },
-    "mobilenet_v2": {
-        "features.0.0.weight": (32, 3, 3, 3),
-        "features.0.1.running_var": (32,),
-        "features.1.conv.0.0.weight": (32, 1, 3, 3),
-        "features.1.conv.1.weight": (16, 32, 1, 1),
-        "features.1.conv.2.weight": (16,),
-        "features.2.conv.0.0.weight": (96, 16, 1, 1),
-        "features.2.conv.1.0.weight": (96, 1, 3, 3),
-        "features.2.conv.2.weight": (24, 96, 1, 1),
-        "features.2.conv.3.running_mean": (24,),
-        "features.17.conv.2.weight": (320, 960, 1, 1),
-        "features.18.0.weight": (1280, 320, 1, 1),
-        "features.18.1.bias": (1280,),
-        "classifier.1.weight": (1000, 1280),
-    },
     "mobilenet_v2_cifar": {
         "features.1.conv.0.0.weight": (32, 1, 3, 3),
         "features.18.0.weight": (1280, 320, 1, 1),
         "classifier.1.weight": (10, 1280),
-    },
-    "vgg16_bn": {
-        "features.0.weight": (64, 3, 3, 3),
-        "features.0.bias": (64,),
-        "features.1.running_var": (64,),
-        "features.7.weight": (128, 64, 3, 3),
-        "features.14.weight": (256, 128, 3, 3),
-        "features.40.weight": (512, 512, 3, 3),
-        "features.41.num_batches_tracked": (),
-        "classifier.0.weight": (4096, 512 * 7 * 7),
-        "classifier.3.weight": (4096, 4096),
-        "classifier.6.weight": (1000, 4096),
     },
     "vgg11_cifar": {
         "features.0.weight": (64, 3, 3, 3),
@@ -133,16 +80,6 @@ SAMPLE_KEYS: dict[str, dict[str, tuple[int, ...]]] = {
         "features.25.weight": (512, 512, 3, 3),
         "features.26.running_mean": (512,),
         "classifier.weight": (10, 512),
-    },
-    "mobilenet_v1": {
-        "features.0.0.weight": (32, 3, 3, 3),
-        "features.1.dw.0.weight": (32, 1, 3, 3),
-        "features.1.pw.0.weight": (64, 32, 1, 1),
-        "features.2.dw.0.weight": (64, 1, 3, 3),
-        "features.12.pw.0.weight": (1024, 512, 1, 1),
-        "features.13.pw.0.weight": (1024, 1024, 1, 1),
-        "features.13.pw.1.running_var": (1024,),
-        "fc.weight": (1000, 1024),
     },
     "resnet20": {
         "conv1.weight": (16, 3, 3, 3),
@@ -168,8 +105,7 @@ SAMPLE_KEYS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 INPUT_SIZES = {
-    **{n: (3, 224, 224) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
-    **{n: (3, 224, 224) for n in ("mobilenet_v1", "mobilenet_v2", "vgg16_bn")},
+    **{n: (3, 224, 224) for n in ALIAS_PARAMS},
     **{n: (3, 32, 32) for n in ("resnet20", "resnet56", "mobilenet_v2_cifar", "vgg11_cifar")},
     "digits_resnet": (1, 32, 32),
 }
@@ -190,8 +126,23 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_we_check() -> None:
-    assert set(ALL) == set(PARAMS) == set(KEYS) == set(SAMPLE_KEYS) == set(INPUT_SIZES)
+    assert set(ALL) == set(PARAMS) == set(KEYS) == set(SAMPLE_KEYS) == set(INPUT_SIZES) - set(ALIAS_PARAMS)
     assert ALL == sorted(ALL)
+    assert set(models.ALIASES) == set(ALIAS_PARAMS)
+
+
+@pytest.mark.parametrize("alias", sorted(ALIAS_PARAMS))
+def test_alias_builds_the_library_model(alias: str) -> None:
+    """The zoo's former copies are the libraries' models now, with the same sizes and parameter counts."""
+    model = built(alias)
+    cls = type(model)
+    assert f"{cls.__module__}.{cls.__qualname__}" == ALIAS_CLASSES[alias]
+    assert n_params(model) == ALIAS_PARAMS[alias]
+    assert model.halp_arch == {"name": models.ALIASES[alias], "kwargs": {}}
+    assert models.input_size(alias) == model.default_input_size == INPUT_SIZES[alias]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -203,7 +154,7 @@ def test_input_size(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_forward_shape_and_finite(name: str) -> None:
     model = built(name)
-    num_classes = 1000 if INPUT_SIZES[name][1] == 224 else 10
+    num_classes = 10
     with torch.no_grad():
         out = model(torch.randn(2, *model.default_input_size))
     assert out.shape == (2, num_classes)
@@ -277,6 +228,7 @@ def test_torchvision_init(name: str) -> None:
     if name.startswith(("mobilenet", "vgg")):  # N(0, 0.01), zero bias
         for lin in linears:
             assert torch.all(lin.bias == 0)
+            # std over 5,130 or 12,810 weights is within a few % of 0.01
             assert lin.weight.std().item() == pytest.approx(0.01, rel=0.1)
     else:  # ResNets keep PyTorch's default Linear init: U(±1/sqrt(fan_in))
         (fc,) = linears
@@ -289,6 +241,7 @@ def test_torchvision_init(name: str) -> None:
     ["resnet18", "mobilenet_v1", "mobilenet_v2_cifar", "resnet20", "vgg11_cifar", "digits_resnet"],
 )
 def test_num_classes_and_in_chans(name: str) -> None:
+    """Also through the aliases: timm takes in_chans itself, torchvision's first conv is replaced."""
     model = models.create(name, num_classes=7, in_chans=2).eval()
     assert model.default_input_size == (2, *INPUT_SIZES[name][1:])
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -314,10 +267,10 @@ def test_resnet50_is_v1_5_and_zero_init_residual() -> None:
     assert torch.all(zeroed.layer1[0].bn2.weight == 1)  # only the last BN of each block
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet20", "digits_resnet"])
+@pytest.mark.parametrize("name", ["resnet20", "digits_resnet"])
 def test_zero_init_residual_basic_block(name: str) -> None:
     model = models.create(name, zero_init_residual=True).eval()
-    blocks = [m for m in model.modules() if isinstance(m, models.resnet.BasicBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, models.cifar_resnet.BasicBlock)]
     assert blocks
     assert all(torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1) for b in blocks)
     # Each block without a shortcut is now relu(x): check one on a non-negative input.
@@ -327,8 +280,8 @@ def test_zero_init_residual_basic_block(name: str) -> None:
         torch.testing.assert_close(block(x), x)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "mobilenet_v2"])
-def test_zero_init_residual_inverted_residual(name: str) -> None:
+def test_zero_init_residual_inverted_residual() -> None:
+    name = "mobilenet_v2_cifar"
     model = models.create(name, zero_init_residual=True).eval()
     blocks = [m for m in model.modules() if isinstance(m, models.mobilenetv2.InvertedResidual)]
     residual = [b for b in blocks if b.use_res_connect]
@@ -343,19 +296,17 @@ def test_zero_init_residual_inverted_residual(name: str) -> None:
                if isinstance(b, models.mobilenetv2.InvertedResidual))
 
 
-def test_mobilenet_v2_structure() -> None:
-    model = built("mobilenet_v2")
-    blocks = [m for m in model.features if isinstance(m, models.mobilenetv2.InvertedResidual)]
+def test_mobilenet_v2_cifar_structure() -> None:
+    cifar = built("mobilenet_v2_cifar")
+    blocks = [m for m in cifar.features if isinstance(m, models.mobilenetv2.InvertedResidual)]
     assert len(blocks) == 17
     # residual sums where stride 1 and width unchanged: stages 24(1), 32(2), 64(3), 96(2), 160(2)
     assert sum(b.use_res_connect for b in blocks) == 10
-    assert model.features[0][0].stride == (2, 2)
-    assert isinstance(model.classifier[0], nn.Dropout) and model.classifier[0].p == 0.2
-    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert isinstance(cifar.classifier[0], nn.Dropout) and cifar.classifier[0].p == 0.2
+    depthwise = [m for m in cifar.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert len(depthwise) == 17
     assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
-    # the CIFAR variant keeps 32×32 through the stem and the 24-channel stage
-    cifar = built("mobilenet_v2_cifar")
+    # it keeps 32×32 through the stem and the 24-channel stage
     strides = [
         m.stride[0]
         for m in cifar.modules()
@@ -396,27 +347,24 @@ def _mnv2_params(width_mult: float, num_classes: int) -> int:
 
 @pytest.mark.parametrize("width_mult", [0.5, 0.75, 1.0, 1.4])
 def test_mobilenet_v2_width_mult(width_mult: float) -> None:
+    """torchvision's mobilenet_v2 through the alias: keyword arguments reach the library's constructor."""
     model = models.create("mobilenet_v2", num_classes=100, width_mult=width_mult)
     assert n_params(model) == _mnv2_params(width_mult, 100)
     assert model.features[0][0].out_channels == models.make_divisible(32 * width_mult)
     assert model.features[18][0].out_channels == (1280 if width_mult <= 1 else 1792)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 100)
-    assert _mnv2_params(1.0, 1000) == PARAMS["mobilenet_v2"]  # the arithmetic itself is right
+    assert _mnv2_params(1.0, 1000) == ALIAS_PARAMS["mobilenet_v2"]  # the arithmetic itself is right
+    assert model.halp_arch == {"name": "torchvision:mobilenet_v2",
+                               "kwargs": {"num_classes": 100, "width_mult": width_mult}}
 
 
-def test_mobilenet_v1_structure_and_width() -> None:
-    model = built("mobilenet_v1")
-    assert len(model.features) == 14
-    strides = [blk.dw[0].stride[0] for blk in model.features[1:]]
-    assert strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
-    assert all(blk.dw[0].groups == blk.dw[0].in_channels for blk in model.features[1:])
-    half = models.create("mobilenet_v1", width_mult=0.5, num_classes=10).eval()
-    widths = [blk.pw[0].out_channels for blk in half.features[1:]]
-    assert widths == [32, 64, 64, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512]
-    assert half.fc.in_features == 512
-    with torch.no_grad():
-        assert half(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+def test_mobilenet_v1_is_timms_with_the_papers_strides() -> None:
+    model = built("mobilenet_v1")  # timm:mobilenetv1_100: a stem and 13 depthwise-separable blocks
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [m.stride[0] for m in depthwise] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert model.get_classifier().in_features == 1024
 
 
 def test_digits_resnet_param_count() -> None:

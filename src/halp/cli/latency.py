@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from halp.cli.profile import example_input, load_model
+from halp.cli.profile import add_model_arguments, example_input, load_model
 
 
 def register(subparsers: Any) -> None:
@@ -14,10 +14,9 @@ def register(subparsers: Any) -> None:
         description="Predict a model's latency from a latency table and measure it on this device with the "
                     "table's backend, threads and dtype.",
     )
-    p.add_argument("model", metavar="MODEL", help="zoo model name or a saved slim model folder")
+    add_model_arguments(p, positional=True)
     p.add_argument("--table", required=True, help="latency table (from halp profile)")
     p.add_argument("--input", help="input size BxCxHxW (default: the table's profiled input)")
-    p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--repeats", type=int, default=30, help="timed forwards for the measurement")
     p.add_argument("--no-measure", action="store_true", help="only predict")
     p.set_defaults(func=run)
@@ -27,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import halp
 
     table = halp.LatencyTable.load(args.table)
-    model, size = load_model(args.model, args.num_classes)
+    model, size = load_model(args.model, args.num_classes, args.weights)
     text = args.input
     if text is None:
         shapes = (table.meta.get("model") or {}).get("input_shapes") or []

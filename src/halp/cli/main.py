@@ -10,7 +10,7 @@ from typing import Sequence
 
 # Each module halp.cli.<name> defines ``register(subparsers) -> None`` (adding its parser and setting
 # ``func``) so that the parser stays next to the code that reads its arguments.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "graph", "profile", "prune", "latency", "plot", "export")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "graph", "profile", "prune", "latency", "plot", "export", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
-"""``halp profile``: measure a latency table for a zoo model on this machine.
+"""``halp profile``: measure a latency table for a model on this machine.
 
-Also home of the small helpers the latency-related subcommands share (input-size parsing, model
-loading by zoo name).
+Also home of the small helpers the model-taking subcommands share (input-size parsing, model loading by
+name — zoo, alias or ``torchvision:``/``timm:``/``yolo:`` — with ``--weights``, or from a saved folder).
 """
 
 from __future__ import annotations
@@ -25,20 +25,37 @@ def parse_input(text: str) -> tuple[int, ...]:
     return dims
 
 
-def load_model(spec: str, num_classes: int | None = None) -> tuple[Any, tuple[int, ...]]:
-    """A model by zoo name, or a saved slim model folder (``halp.load_pruned``), and its (C, H, W)."""
+MODEL_HELP = ("model name: halp's own (resnet56 ...), an alias (resnet50 ...) or torchvision:NAME, timm:NAME, "
+              "yolo:NAME (list them with `halp models PATTERN`), or a folder written by halp.save_pruned")
+WEIGHTS_HELP = "local state dict of that architecture to load (.safetensors, or .pth/.pt); nothing is downloaded"
+
+
+def add_model_arguments(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    """``MODEL`` / ``--model``, ``--weights`` and ``--num-classes``, the same for every subcommand."""
+    if positional:
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    else:
+        p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", default=None, metavar="FILE", help=WEIGHTS_HELP)
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+
+
+def load_model(spec: str, num_classes: int | None = None, weights: str | None = None) -> tuple[Any, tuple[int, ...]]:
+    """A model by name (with ``weights`` from a local file), or a saved slim model folder, and its (C, H, W)."""
     import halp
 
     path = Path(spec)
     if path.is_dir():
         from halp.serialize import load_pruned
 
+        if weights is not None:
+            raise ValueError(f"{spec} is a saved model folder, which holds its weights; drop --weights")
         model = load_pruned(path)
         shape = getattr(model, "halp_input_shape", None)
         if shape:
             return model, tuple(shape[1:])
     else:
-        model = halp.models.create(spec, num_classes=num_classes)
+        model = halp.models.create(spec, num_classes=num_classes, weights=weights)
     size = tuple(getattr(model, "default_input_size", ()) or ())
     return model, size
 
@@ -63,9 +80,8 @@ def register(subparsers: Any) -> None:
         description="Measure per-layer latency grids, non-conv op costs and the end-to-end calibration of a "
                     "model; resumes from <out>.partial.json if a previous run was interrupted.",
     )
-    p.add_argument("--model", required=True, help="zoo model name (see halp.models.list_models())")
+    add_model_arguments(p)
     p.add_argument("--input", help="input size BxCxHxW (default: 1 x the model's input size)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--backend", default="torch-cpu", choices=["torch-cpu", "torch-cuda", "onnxruntime"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's current)")
@@ -90,7 +106,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import halp
 
-    model, size = load_model(args.model, args.num_classes)
+    model, size = load_model(args.model, args.num_classes, args.weights)
     x = example_input(size, args.input)
     if args.recalibrate:
         if not Path(args.output).is_file():

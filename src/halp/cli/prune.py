@@ -11,6 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
+    from halp.cli.profile import MODEL_HELP, WEIGHTS_HELP
+
     p = subparsers.add_parser(
         "prune",
         help="prune a model to a latency budget (recipe file or flags)",
@@ -18,8 +20,8 @@ def register(subparsers: Any) -> None:
         "write the slim model, report.json, summary.md and figures. Rerunning resumes after a kill.",
     )
     p.add_argument("--config", help="recipe YAML (keys as halp.recipe.Recipe); flags below override it")
-    p.add_argument("--model", help="zoo name or a saved halp model directory")
-    p.add_argument("--weights", help="torchvision-format state dict (.pth) or .safetensors to start from")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP + "; without it the dense model is trained first")
     p.add_argument("--data", help="data set: digits, shapes10, cifar10, imagefolder")
     p.add_argument("--data-root", help="folder of the data set (cifar10, imagefolder)")
     p.add_argument("--table", help="latency table JSON; default: profile this machine into OUT/table.json")

@@ -4,6 +4,9 @@ No max-pool and a stride-1 3×3 stem keep the 32×32 map; each later stage halve
 shape are "option B" (1×1 conv + BN) rather than the paper's zero-padding "option A", so every residual
 sum's channels come from convs the pruner can see — a zero-padded identity would pin channel positions.
 That costs 2,752 extra parameters over option A for ResNet-20/56 (272,474 vs 269,722 for ResNet-20).
+
+Neither torchvision nor timm has these: their ResNets are ImageNet's (7×7/2 stem, max-pool, four stages
+of 64–512 channels); ``timm.list_models("*cifar*")`` is empty.
 """
 
 from __future__ import annotations
@@ -15,9 +18,56 @@ from torch import nn
 
 from halp.models._layers import check_bool, check_positive_int, init_conv_bn, zero_init_residuals
 from halp.models.registry import register_model
-from halp.models.resnet import BasicBlock, make_stage
 
-__all__ = ["CifarResNet", "resnet20", "resnet56", "digits_resnet"]
+__all__ = ["BasicBlock", "CifarResNet", "digits_resnet", "make_stage", "resnet20", "resnet56"]
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """1×1 conv + BN projection when the residual's shape changes, else None (identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs and a residual sum, with torchvision's ``BasicBlock`` names (conv1, bn1, conv2, bn2,
+    downsample).
+
+    Kept here rather than imported from torchvision so the zoo — and the demo built on it — needs only
+    torch.
+    """
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = shortcut(in_channels, planes, stride)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+    def zero_init_last_bn(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+
+def make_stage(in_channels: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` BasicBlocks; only the first one strides and changes the width."""
+    layers = [BasicBlock(in_channels, planes, stride)]
+    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
 
 
 class CifarResNet(nn.Module):
@@ -49,7 +99,7 @@ class CifarResNet(nn.Module):
         channels = widths[0]
         for index, (width, count) in enumerate(zip(widths, blocks), start=1):
             stride = 1 if index == 1 else 2
-            self.add_module(f"layer{index}", make_stage(BasicBlock, channels, width, count, stride))
+            self.add_module(f"layer{index}", make_stage(channels, width, count, stride))
             channels = width
         self.num_stages = len(widths)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

@@ -1,9 +1,11 @@
-"""MobileNet-V2 with torchvision's module names, shapes and initialisation, plus a 32×32 CIFAR variant.
+"""MobileNet-V2 for 32×32 inputs (``mobilenet_v2_cifar``), with torchvision's module names and initialisation.
 
-Keys match torchvision's ``mobilenet_v2`` (``features.1.conv.0.0.weight``, ``features.18.0.weight``,
-``classifier.1.weight`` …), so its checkpoints load with ``strict=True``. For the pruner the interesting
-parts are the depthwise convs (their input and output channels are one group) and the residual sums
-between blocks of equal width.
+The ImageNet MobileNet-V2 is torchvision's own (``torchvision:mobilenet_v2``, alias ``mobilenet_v2``); this
+variant keeps the 32×32 map through the stem and the 24-channel stage, which neither torchvision (its
+stem stride is fixed at 2) nor timm offers. Keys follow torchvision's (``features.1.conv.0.0.weight``,
+``features.18.0.weight``, ``classifier.1.weight`` …). It stays torch-only so the zoo needs no library.
+For the pruner the interesting parts are the depthwise convs (their input and output channels are one
+group) and the residual sums between blocks of equal width.
 """
 
 from __future__ import annotations
@@ -27,19 +29,10 @@ from halp.models._layers import (
 )
 from halp.models.registry import register_model
 
-__all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2", "mobilenet_v2_cifar"]
+__all__ = ["CIFAR_SETTING", "InvertedResidual", "MobileNetV2", "mobilenet_v2_cifar"]
 
-# (expand ratio t, output channels c, repeats n, first stride s), from Sandler et al. (2018), Table 2.
-IMAGENET_SETTING: tuple[tuple[int, int, int, int], ...] = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-# For 32×32 inputs the stem and the first stride-2 stage (24 channels) keep stride 1, so the maps go
+# (expand ratio t, output channels c, repeats n, first stride s): Sandler et al. (2018), Table 2, except
+# that for 32×32 inputs the stem and the first stride-2 stage (24 channels) keep stride 1, so the maps go
 # 32 → 32 → 16 → 8 → 4 instead of shrinking to 1×1.
 CIFAR_SETTING: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1),
@@ -95,8 +88,8 @@ class MobileNetV2(nn.Module):
         width_mult: Scales every width (rounded by :func:`make_divisible`); the last 1×1 conv is only
             scaled up, never down, as in torchvision.
         dropout: Dropout before the classifier.
-        stem_stride: 2 for ImageNet, 1 for 32×32 inputs.
-        setting: ``(t, c, n, s)`` rows, see :data:`IMAGENET_SETTING`.
+        stem_stride: 1 keeps 32×32 inputs' resolution (2 would be ImageNet's).
+        setting: ``(t, c, n, s)`` rows, see :data:`CIFAR_SETTING`.
         round_nearest: Channel multiple for :func:`make_divisible`.
         zero_init_residual: Zero the last BN of every residual block; from scratch on a few thousand
             images the network then trains at a learning rate where it otherwise stays at chance.
@@ -104,12 +97,12 @@ class MobileNetV2(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 1000,
+        num_classes: int = 10,
         in_chans: int = 3,
         width_mult: float = 1.0,
         dropout: float = 0.2,
-        stem_stride: int = 2,
-        setting: Sequence[tuple[int, int, int, int]] = IMAGENET_SETTING,
+        stem_stride: int = 1,
+        setting: Sequence[tuple[int, int, int, int]] = CIFAR_SETTING,
         round_nearest: int = 8,
         zero_init_residual: bool = False,
     ) -> None:
@@ -136,7 +129,7 @@ class MobileNetV2(nn.Module):
             zero_init_residuals(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (N, last_channel, H/32, W/32) on ImageNet
+        x = self.features(x)  # (N, last_channel, H/8, W/8) with the CIFAR setting
         x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
         return self.classifier(x)
 
@@ -159,21 +152,6 @@ def _build(
         stem_stride=stem_stride,
         setting=setting,
         zero_init_residual=check_bool(name, "zero_init_residual", zero_init_residual),
-    )
-
-
-@register_model("mobilenet_v2", input_size=(3, 224, 224))
-def mobilenet_v2(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    width_mult: float = 1.0,
-    dropout: float = 0.2,
-    zero_init_residual: bool = False,
-) -> MobileNetV2:
-    """MobileNet-V2 (3,504,872 parameters at 1000 classes, width 1.0)."""
-    return _build(
-        "mobilenet_v2", IMAGENET_SETTING, 2, num_classes, in_chans, width_mult, dropout, zero_init_residual
     )
 
 

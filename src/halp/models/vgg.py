@@ -1,9 +1,9 @@
-"""VGG-16-BN with torchvision's module names, shapes and initialisation, and a small VGG-11-BN for 32×32.
+"""VGG-11-BN for 32×32 inputs (``vgg11_cifar``): torchvision's ``vgg11_bn`` features with a one-layer head.
 
-torchvision's ``features`` is one flat Sequential — conv (with bias) / BN / ReLU triples and max-pools —
-so keys are ``features.0.weight`` … ``features.41.running_var``; the head is ``avgpool`` (adaptive 7×7)
-and ``classifier.0/3/6``. The flatten of a 512×7×7 map into ``classifier.0`` is the case where one
-channel of the last conv owns 49 consecutive input features of the linear layer.
+torchvision's and timm's VGGs are ImageNet's (a 7×7 pool into 4096-wide linears, 129 M parameters); the
+ImageNet VGG-16-BN is torchvision's own (``torchvision:vgg16_bn``, alias ``vgg16_bn``). Here five pools
+leave 512×1×1 and one Linear classifies. ``features`` is one flat Sequential — conv (with bias) / BN /
+ReLU triples and max-pools — with torchvision's keys (``features.0.weight`` … ``features.26.running_var``).
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ from torch import nn
 
 from halp.models._layers import (
     check_positive_int,
-    check_probability,
     init_conv_bn,
     init_linear_normal,
 )
 from halp.models.registry import register_model
 
-__all__ = ["VGG", "make_features", "vgg16_bn", "vgg11_cifar"]
+__all__ = ["VGG", "make_features", "vgg11_cifar"]
 
 # Simonyan & Zisserman (2015): numbers are 3×3 conv widths, "M" a 2×2/2 max-pool.
 CFG_A: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-CFG_D: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
-)  # fmt: skip
 
 
 def make_features(cfg: Sequence[int | str], in_chans: int) -> nn.Sequential:
@@ -53,7 +49,7 @@ class VGG(nn.Module):
 
     Args:
         features: From :func:`make_features`.
-        avgpool_size: Output side of the adaptive pool (7 for ImageNet, 1 for 32×32).
+        avgpool_size: Output side of the adaptive pool (1 for 32×32 inputs).
         classifier: The head; its first Linear must take ``512 * avgpool_size**2`` features.
     """
 
@@ -68,25 +64,6 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))  # (N, 512, s, s)
         return self.classifier(torch.flatten(x, 1))  # flatten: channel c → features [c·s², (c+1)·s²)
-
-
-@register_model("vgg16_bn", input_size=(3, 224, 224))
-def vgg16_bn(*, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> VGG:
-    """VGG-16 with BatchNorm (138,365,992 parameters at 1000 classes)."""
-    name = "vgg16_bn"
-    num_classes = check_positive_int(name, "num_classes", num_classes)
-    p = check_probability(name, "dropout", dropout)
-    classifier = nn.Sequential(
-        nn.Linear(512 * 7 * 7, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(p=p),
-        nn.Linear(4096, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(p=p),
-        nn.Linear(4096, num_classes),
-    )
-    features = make_features(CFG_D, check_positive_int(name, "in_chans", in_chans))
-    return VGG(features, 7, classifier)
 
 
 @register_model("vgg11_cifar", input_size=(3, 32, 32))
