@@ -267,6 +267,15 @@ def _slim_norm(m: nn.Module, removed: torch.Tensor) -> None:
         m.num_features = int(keep.numel())
 
 
+def _sync_counts(m: nn.Module) -> None:
+    """Channel-count attributes follow the weights (a conv sliced through role "param": a computed weight)."""
+    w = getattr(m, "weight", None)
+    if isinstance(m, nn.Conv2d) and isinstance(w, torch.Tensor):
+        m.out_channels, m.in_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+    elif isinstance(m, nn.Linear) and isinstance(w, torch.Tensor):
+        m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+
+
 def prune_channels(model: nn.Module, graph: ChannelGraph, keep: KeepSpec) -> nn.Module:
     """A new, physically smaller copy of ``model`` keeping only the channels in ``keep``.
 
@@ -293,12 +302,14 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, keep: KeepSpec) -> nn.
         for (role, attr, dim), removed in entries.items():
             if role == "param":
                 _take(m, attr, dim, _keep_along(getattr(m, attr).shape[dim], removed))
-        if isinstance(m, nn.Conv2d):
+        roles = {role for role, _, _ in entries}
+        if isinstance(m, nn.Conv2d) and roles & {"out", "in", "depthwise"}:
             _slim_conv(mod_name, m, entries)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and roles & {"out", "in"}:
             _slim_linear(m, entries)
         elif ("norm", "", 0) in entries:
             _slim_norm(m, entries[("norm", "", 0)])
+        _sync_counts(m)
     log.debug("pruned %d modules", len(plan))
     return slim
 

@@ -102,7 +102,10 @@ def _check_eca(g: Any) -> None:
 
 
 def _check_nfnet(g: Any) -> None:
-    assert "computes its weight in forward" in _frozen_reasons(g)  # weight standardisation
+    # weight standardisation: a conv's output rows may go (each row is standardised on its own), its
+    # input channels may not (they enter every row's statistics) -- so a chain of such convs is frozen
+    # while the SE gates between them stay prunable
+    assert "computes its weight in forward across its input channels" in _frozen_reasons(g)
 
 
 def _check_yolo(g: Any) -> None:
@@ -111,9 +114,12 @@ def _check_yolo(g: Any) -> None:
 
 
 def _check_ssd(g: Any) -> None:
-    assert all("reaches the network output" in gr.reason for gr in g.groups
-               if gr.name.startswith("head.") and not gr.prunable)
+    # the heads' per-anchor outputs are frozen (cut into anchors x classes, then the output) ...
+    head_out = [gr for gr in g.groups if gr.name.startswith("head.") and gr.name.endswith(".1")]
+    assert head_out and all(not gr.prunable and "cutting through the channel axis" in gr.reason for gr in head_out)
+    # ... while the channels they read, and the extra layers, are prunable
     assert any(gr.prunable for gr in g.groups if gr.name.startswith("backbone.extra"))
+    assert any(gr.prunable and any(c.startswith("head.") for c in gr.consumers) for gr in g.groups)
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], Callable[[Any], None] | None]] = {
@@ -128,7 +134,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], Callable[[Any],
     "timm-vit_tiny": (_timm("vit_tiny_patch16_224", img_size=64), (1, 3, 64, 64), _check_vit),
     "timm-mobilenetv3_small_050": (_timm("mobilenetv3_small_050"), (1, 3, 64, 64), None),
     "timm-ecaresnet26t": (_timm("ecaresnet26t"), (1, 3, 64, 64), _check_eca),
-    "timm-nf_resnet26": (_timm("nf_resnet26"), (1, 3, 64, 64), _check_nfnet),
+    "timm-nf_regnet_b0": (_timm("nf_regnet_b0"), (1, 3, 64, 64), _check_nfnet),
     "timm-mobilevit_xxs": (_timm("mobilevit_xxs"), (1, 3, 64, 64), None),
     "timm-ghostnet_050": (_timm("ghostnet_050"), (1, 3, 64, 64), None),
     "yolov8n": (_yolo, (1, 3, 64, 64), _check_yolo),

@@ -1,8 +1,4 @@
-"""build_graph + surgery over every model of the zoo and the torchvision aliases, and resnet50's known structure.
-
-``mobilenet_v1`` (timm's mobilenetv1_100) is left out: timm's ``BatchNormAct2d`` calls ``F.batch_norm``,
-which the torch.fx graph has no handler for; the torch.export capture covers it (issue 12).
-"""
+"""build_graph + surgery over every model of the zoo and its library aliases, and resnet50's known structure."""
 
 from __future__ import annotations
 
@@ -27,7 +23,7 @@ def _zoo(name: str) -> tuple[torch.nn.Module, torch.Tensor, ChannelGraph]:
     return model, x, build_graph(model, x)
 
 
-ZOO = [*halp.models.list_models(zoo_only=True), *(a for a in halp.models.ALIASES if a != "mobilenet_v1")]
+ZOO = [*halp.models.list_models(zoo_only=True), *halp.models.ALIASES]
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -106,22 +106,25 @@ def assemble(walker: WalkFacts, input_shapes: tuple[tuple[int, ...], ...]) -> Ch
     sol = walker.solver.solve()
     records = sorted(walker.solver.members.values(), key=lambda r: r.order)
 
-    # names: first producer ("out" member) in execution order, offset within its output
+    # names: the first layer (in execution order) whose output holds the group, at its offset there
     names: dict[int, str] = {}
     order: dict[int, tuple[int, int]] = {}
-    for rec in records:
-        if rec.role != "out":
+    layer_sources: dict[int, list[str]] = {}
+    for a, (src, start, _) in enumerate(sol.atoms):
+        source = walker.solver.sources[src]
+        if source.kind != "layer":
             continue
-        for p in sol.pieces(rec.chan):
-            r = sol.root[p.atom]
-            if r not in names:
-                names[r] = rec.module if p.offset == 0 else f"{rec.module}@{p.offset}"
-                order[r] = (rec.order, p.offset)
+        r = sol.root[a]
+        if r not in names:
+            names[r] = source.label if start == 0 else f"{source.label}@{start}"
+            order[r] = (src, start)
+        if source.label not in layer_sources.setdefault(r, []):
+            layer_sources[r].append(source.label)
     if len(set(names.values())) != len(names):
         raise RuntimeError("internal error: duplicate group names")
 
     members: dict[int, list[Member]] = {r: [] for r in names}
-    producers: dict[int, list[str]] = {r: [] for r in names}
+    producers: dict[int, list[str]] = {r: list(layer_sources[r]) for r in names}
     consumers: dict[int, list[str]] = {r: [] for r in names}
     for rec in records:
         for p in sol.pieces(rec.chan):
@@ -131,9 +134,8 @@ def assemble(walker: WalkFacts, input_shapes: tuple[tuple[int, ...], ...]) -> Ch
             m = Member(rec.module, rec.role, p.offset, p.repeat, rec.attr, rec.dim)
             if m not in members[r]:
                 members[r].append(m)
-            target = producers if rec.role == "out" else consumers if rec.role in ("in", "depthwise") else None
-            if target is not None and rec.module not in target[r]:
-                target[r].append(rec.module)
+            if rec.role in ("in", "depthwise") and rec.module not in consumers[r]:
+                consumers[r].append(rec.module)
 
     blocks, block_reasons = _grouped_constraints(walker, sol)
     groups = []

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .context import OpContext, ParamVal, TensorVal, Value
+from .context import OpContext, ParamVal, TensorVal, TupleVal, Value
 from .handlers import register_handler
 from .types import LayerShape
 
@@ -93,6 +93,8 @@ def conv(ctx: OpContext) -> Value | None:
     )
     owner = w[0] if w is not None else ctx.name
     standard = w is not None and isinstance(w[2], nn.Conv2d) and w[1] == "weight"
+    if w is None and groups == 1 and _rows_follow(weight):
+        return _derived_conv(ctx, weight, x, shape, cin, cout)
     if w is None or (groups > 1 and not standard):
         out = ctx.opaque(f"{ctx.describe()} computes its weight in forward (the computation may mix channels)"
                          if w is None else f"{ctx.describe()} is a grouped conv of a {type(w[2]).__name__}")
@@ -114,6 +116,29 @@ def conv(ctx: OpContext) -> Value | None:
     _linear_members(ctx, owner, w[1], standard, out, x, bias=direct_param(ctx, ctx.arg(2)))
     if groups > 1:
         ctx.walker.add_grouped(owner, groups, x.chan, out.chan)
+    ctx.walker.add_layer(owner, shape, x if x.chan is not None else None, out, in_features=cin, out_features=cout)
+    return out
+
+
+def _rows_follow(weight: Any) -> bool:
+    """A weight computed from parameters whose output rows still map onto parameter rows."""
+    return isinstance(weight, ParamVal) and len(weight.shape) == 4 and all(d[0] is not None for _, d in weight.refs)
+
+
+def _derived_conv(ctx: OpContext, weight: ParamVal, x: TensorVal, shape: LayerShape, cin: int, cout: int) -> Value:
+    """A conv whose weight is computed in forward row by row (weight standardisation, weight norm): its
+    output channels are prunable (every parameter behind a row is sliced with it); its input channels are
+    not, unless every parameter also follows the input dimension."""
+    owner = ctx.walker.module_of(weight.refs[0][0])[0]
+    out = ctx.output(ctx.walker.first_output(owner, cout), 1)
+    ctx.param_members(weight, 0, out)
+    bias = direct_param(ctx, ctx.arg(2))
+    if bias is not None:
+        ctx.member(bias[0], "param", out, attr=bias[1], dim=0)
+    x = _input_chan(ctx, x, 1, ctx.describe())
+    if x.chan is not None and (any(s.repeat != 1 for s in x.chan) or not ctx.param_members(weight, 1, x)):
+        ctx.fix(x, f"{ctx.describe()} computes its weight in forward across its input channels")
+        x = TensorVal(x.shape, x.dtype, None)
     ctx.walker.add_layer(owner, shape, x if x.chan is not None else None, out, in_features=cin, out_features=cout)
     return out
 
@@ -172,6 +197,9 @@ def batch_norm(kind: str) -> Any:
     """batch/instance norm: per-channel statistics and affine terms on dim 1."""
 
     def handler(ctx: OpContext) -> Value | None:
+        standardised = _standardised_weight(ctx)
+        if standardised is not None:
+            return standardised
         x = ctx.tensor(ctx.arg(0))
         if x is None:
             return ctx.opaque(f"{ctx.describe()} has no tensor input")
@@ -187,6 +215,26 @@ def batch_norm(kind: str) -> Any:
         return out
 
     return handler
+
+
+def _standardised_weight(ctx: OpContext) -> Value | None:
+    """Weight standardisation (``batch_norm(weight.reshape(1, out, -1), ...)``): each output row is
+    normalised on its own, so the rows still follow the parameter's output dimension (the other axes
+    are mixed)."""
+    p = ctx.param(ctx.arg(0))
+    if p is None or len(p.shape) < 2:
+        return None
+    refs = [(f, tuple(d[i] if i == 1 else None for i in range(len(p.shape)))) for f, d in p.refs]
+    for a in (ctx.arg(1), ctx.arg(2)):
+        q = ctx.param(a)
+        if q is not None and len(q.shape) == 1:
+            refs += [(f, tuple(d[0] if i == 1 else None for i in range(len(p.shape)))) for f, d in q.refs]
+    meta = ctx.out_meta
+    first = meta if hasattr(meta, "shape") else meta[0]
+    value = ParamVal(tuple(int(s) for s in first.shape), first.dtype, tuple(refs))
+    if hasattr(meta, "shape"):
+        return value
+    return TupleVal((value,) + tuple(ctx.untracked(m) for m in meta[1:]))
 
 
 def group_norm(ctx: OpContext) -> Value | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .context import OpContext, TensorVal, Value, norm_dim
+from .context import OpContext, ParamVal, TensorVal, Value, norm_dim
 from .generic import elementwise, opaque, passthrough
 from .handlers import register_handler
 
@@ -68,6 +68,9 @@ def _reduce(kind: str, dim_index: int = 1, keepdim_index: int = 2) -> Any:
     """mean/sum/amax ...: reducing other axes keeps the channels; reducing the channel axis freezes them."""
 
     def handler(ctx: OpContext) -> Value | None:
+        p = ctx.param(ctx.arg(0))
+        if p is not None:
+            return _reduce_param(ctx, p, _dims(ctx, dim_index, len(p.shape)))
         x = _first(ctx)
         meta = ctx.out_meta
         ndim = len(x.shape)
@@ -86,6 +89,19 @@ def _reduce(kind: str, dim_index: int = 1, keepdim_index: int = 2) -> Any:
         return out
 
     return handler
+
+
+def _reduce_param(ctx: OpContext, p: ParamVal, dims: set[int]) -> Value | None:
+    """A reduction of parameters (weight norm's ``v.norm(dim=(1, 2, 3))``): kept axes still map."""
+    meta = ctx.out_meta
+    if not hasattr(meta, "shape"):
+        return ctx.map_outputs(lambda m: ctx.untracked(m))
+    keep = len(meta.shape) == len(p.shape)
+    refs = []
+    for fqn, d in p.refs:
+        new = [None if i in dims else d[i] for i in range(len(p.shape))]
+        refs.append((fqn, tuple(new if keep else [v for i, v in enumerate(new) if i not in dims])))
+    return ParamVal(tuple(int(s) for s in meta.shape), meta.dtype, tuple(refs))
 
 
 def _softmax(ctx: OpContext) -> Value | None:
