@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import os
 import sys
 import time
@@ -145,7 +146,8 @@ def check(make: Callable[[], tuple[nn.Module, torch.Tensor]], seed: int = 1) -> 
         "channels": sum(g.channels for g in graph.groups), "build_s": round(build_s, 2),
         "unknown_ops": sorted({op.split(" (")[0] for op in graph.unknown_ops}),
     }
-    reasons = collections.Counter(g.reason.split(";")[0].split(" (node")[0] for g in frozen if g.reason)
+    reasons = collections.Counter(re.sub(r" \(node '[^']*'( in '[^']*')?\)", "", g.reason.split(";")[0])
+                                  for g in frozen if g.reason and "reaches the network output" not in g.reason)
     row["top_frozen_reason"] = reasons.most_common(1)[0][0] if reasons else ""
     if not graph.prunable_groups:
         row.update(verdict="no prunable group", stops=row["top_frozen_reason"])
@@ -183,7 +185,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
                 continue
             params = f"{r['params_dense'] / 1e6:.2f}M → {r['params_slim'] / 1e6:.2f}M" if "params_dense" in r else ""
             diff = f"{r['rel_diff']:.1e}" if "rel_diff" in r else ""
-            verdict = r["verdict"] if r["verdict"] == "exact" else f"{r['verdict']}: {r.get('stops', '')[:100]}"
+            verdict = r["verdict"] if r["verdict"] == "exact" else f"{r['verdict']}: {r.get('stops', '')[:140]}"
             shape = "x".join(str(s) for s in r["input"][2:])
             lines.append(f"| {source} | {name} | {shape} | {r['groups']} ({r['prunable']}) | "
                          f"{r['frozen_channels']}/{r['channels']} | {r.get('pruned_groups', 0)} | {params} | {diff} | "

@@ -142,3 +142,31 @@ def test_device_check_prunes_further_when_the_measured_ratio_misses(assets, tmp_
     assert second["measured_ratio"] == pytest.approx(0.6)  # within budget: no further step
     assert len(report["steps"]) == 4  # the 3 scheduled steps + 1 correction
     assert report["pruned"]["accuracy"] == pytest.approx(report["pruned"]["masked_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["torchvision:mobilenet_v3_small", "timm:mobilenetv3_small_050"])
+def test_library_model_prunes_end_to_end_and_reloads(name, tmp_path):
+    """`halp prune --model torchvision:... / timm:...` on the bundled digits, a short schedule, a fake
+    table (the pipeline is under test, not the device): a slim model halp.load_pruned rebuilds by name."""
+    torch.manual_seed(0)
+    model = halp.models.create(name, num_classes=10, in_chans=1)
+    table = halp.profile(model.eval(), torch.randn(1, 1, 32, 32), backend=FakeBackend(), progress=False,
+                         grid_points=3, fine_span=0)
+    table.save(tmp_path / "table.json")
+    out = tmp_path / "run"
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(json.dumps({  # YAML is a superset of JSON
+        "model": name, "data": "digits", "table": str(tmp_path / "table.json"), "threads": 1,
+        "dense_train": {"epochs": 1, "lr": 0.05, "batch_size": 64, "log_every": 0},
+        "prune": {"target": 0.8, "steps": 2, "interval": 3},
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 64, "log_every": 0},
+        "measure_repeats": 3, "corrections": 0, "plots": False, "out": str(out)}))
+    code = main(["-q", "prune", "--config", str(cfg)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["predicted_ms"] <= report["final_target_ms"] * (1 + 1e-9)
+    slim = halp.load_pruned(out / "pruned").eval()
+    assert slim.halp_arch["name"] == name
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert slim(torch.randn(2, 1, 32, 32)).shape == (2, 10)

@@ -173,3 +173,25 @@ def test_graph_names_are_deterministic_and_carry_over_to_a_copy() -> None:
     model.train()
     halp.build_graph(model, x)
     assert all(m.training for m in model.modules())  # capture restores training flags
+
+
+def test_slim_yolo_runs_with_its_own_postprocessing() -> None:
+    """A pruned YOLOv8n is still an Ultralytics DetectionModel: its decoded predictions go through
+    Ultralytics' NMS and give the same boxes as the masked model's."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    from halp.surgery import mask_channels, prune_channels
+
+    model = _randomize(_yolo())
+    x = torch.rand(1, 3, 128, 128)
+    graph = halp.build_graph(model, x)
+    keep = random_keep(graph, torch.Generator().manual_seed(2))
+    masked = __import__("copy").deepcopy(model)
+    mask_channels(masked, graph, keep)
+    slim = prune_channels(model, graph, keep).eval()
+    with torch.no_grad():
+        a = non_max_suppression(masked(x)[0], conf_thres=0.0, max_det=50)[0]
+        b = non_max_suppression(slim(x)[0], conf_thres=0.0, max_det=50)[0]
+    assert b.shape[1] == 6 and len(a) == len(b) > 0
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
