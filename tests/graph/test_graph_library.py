@@ -190,8 +190,9 @@ def test_slim_yolo_runs_with_its_own_postprocessing() -> None:
     mask_channels(masked, graph, keep)
     slim = prune_channels(model, graph, keep).eval()
     with torch.no_grad():
-        a = non_max_suppression(masked(x)[0], conf_thres=0.0, max_det=50)[0]
-        b = non_max_suppression(slim(x)[0], conf_thres=0.0, max_det=50)[0]
-    assert b.shape[1] == 6 and len(a) == len(b) > 0
-    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+        raw_masked, raw_slim = masked(x)[0], slim(x)[0]  # decoded boxes and class scores, (1, 4 + 80, anchors)
+        boxes = non_max_suppression(raw_slim, conf_thres=0.0, max_det=50)[0]
+    scale = float(raw_masked.abs().max())
+    assert float((raw_masked - raw_slim).abs().max()) <= 1e-4 * scale
+    assert boxes.shape[1] == 6 and 0 < len(boxes) <= 50  # x1, y1, x2, y2, score, class
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
