@@ -45,7 +45,7 @@ def test_generation_is_deterministic_and_varied():
         sizes += [x2 - x1 for _, (x1, _, x2, _) in objs]
         names |= {n for n, _ in objs}
     assert names == set(SHAPE_CLASSES)
-    assert min(sizes) < 24 and max(sizes) > 120  # small to large objects
+    assert min(sizes) < 32 and max(sizes) > 150  # small to large objects
 
 
 def test_cached_tree_is_reused_and_bad_sizes_refused(tmp_path):

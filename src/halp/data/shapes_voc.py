@@ -1,16 +1,17 @@
 """``shapes-voc``: a generated detection set written as a real PASCAL VOC tree (no download).
 
 Six classes of filled or outlined shapes — circle, square, triangle, cross, ring, star — in random
-colours, drawn at sizes from 12 to 170 pixels (log-uniform, so small objects are common) on 320 x 320
-images, one to six objects each, overlapping up to IoU 0.35 (later shapes occlude earlier ones; boxes
+colours, drawn at sizes from about 20 to 200 pixels (log-uniform in the circumradius, so small objects are
+common) on 320 x 320 images, one to six objects each, overlapping up to IoU 0.35 (later shapes occlude earlier ones; boxes
 keep the full extent). Backgrounds are random two-colour gradients with Gaussian noise and clutter that
 is not an object: thin lines, small blobs, and irregular polygons. The task is hard enough that a small
-detector trained for minutes on a CPU is far from mAP 1.
+detector trained for minutes on a CPU is far from mAP 1. The smallest objects are below the smallest
+default box of SSDlite320 (64 px; SSD300's is 21 px), as small VOC objects are.
 
 The tree is the devkit layout, so anything that reads VOC reads it (including
 :class:`halp.data.voc.VOCDetection` and torchvision's own reader)::
 
-    <root>/shapes-voc-v1-seed0-400-100-100/VOCdevkit/VOC2007/
+    <root>/shapes-voc-v2-seed0-400-100-100/VOCdevkit/VOC2007/
         JPEGImages/000000.jpg ...  Annotations/000000.xml ...  ImageSets/Main/{train,val,trainval,test}.txt
 
 Every image is drawn from ``numpy.random.default_rng`` seeded by ``(seed, image index)``, so the tree is
@@ -37,7 +38,7 @@ from halp.data.voc import VOCDetection
 log = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
-_VERSION = 1  # bump when the generator changes: it names the cache folder
+_VERSION = 2  # bump when the generator changes: it names the cache folder
 _MAX_IOU = 0.35
 
 
@@ -108,7 +109,7 @@ def render(seed: int, size: int = 320) -> tuple[np.ndarray, list[tuple[str, tupl
     for _ in range(int(rng.integers(1, 7))):
         for _attempt in range(20):
             kind = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
-            r = float(math.exp(rng.uniform(math.log(6), math.log(85))))  # circumradius: 12 to 170 px wide
+            r = float(math.exp(rng.uniform(math.log(12), math.log(100))))  # circumradius: ~20 to 200 px wide
             cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, 2))
             angle = float(rng.uniform(-math.pi / 9, math.pi / 9) if kind == "square" else rng.uniform(0, 2 * math.pi))
             if kind in ("circle", "ring"):
