@@ -1,12 +1,13 @@
 """``shapes-voc``: a generated detection set written as a real PASCAL VOC tree (no download).
 
 Six classes of filled or outlined shapes — circle, square, triangle, cross, ring, star — in random
-colours, drawn at sizes from about 20 to 200 pixels (log-uniform in the circumradius, so small objects are
-common) on 320 x 320 images, one to six objects each, overlapping up to IoU 0.35 (later shapes occlude earlier ones; boxes
-keep the full extent). Backgrounds are random two-colour gradients with Gaussian noise and clutter that
-is not an object: thin lines, small blobs, and irregular polygons. The task is hard enough that a small
-detector trained for minutes on a CPU is far from mAP 1. The smallest objects are below the smallest
-default box of SSDlite320 (64 px; SSD300's is 21 px), as small VOC objects are.
+colours, drawn at sizes from about 20 to 200 pixels (log-uniform in the circumradius, so small objects
+are common) on 320 x 320 images, one to six objects each, overlapping up to IoU 0.35 (later shapes
+occlude earlier ones; boxes keep the full extent). Backgrounds are random two-colour gradients with
+Gaussian noise and clutter that is not an object: thin lines, small blobs, and irregular polygons. The
+task is hard enough that a small detector trained for minutes on a CPU is far from mAP 1. The smallest
+objects are below the smallest default box of SSDlite320 (64 px; SSD300's is 21 px), as small VOC
+objects are.
 
 The tree is the devkit layout, so anything that reads VOC reads it (including
 :class:`halp.data.voc.VOCDetection` and torchvision's own reader)::
@@ -50,7 +51,8 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         pts = [(math.cos(a), math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
     elif kind == "cross":  # a plus sign with arms of half-width 0.3
         t = 0.3
-        pts = [(t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t), (-t, -1)]
+        pts = [(t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1),
+               (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t), (-t, -1)]
         pts = [(x / math.hypot(1, t), y / math.hypot(1, t)) for x, y in pts]
     elif kind == "star":
         pts = [((1.0 if k % 2 == 0 else 0.42) * math.cos(a), (1.0 if k % 2 == 0 else 0.42) * math.sin(a))
