@@ -177,6 +177,8 @@ def phase_measure(a: argparse.Namespace) -> None:
             records.append({**r, "latency_ms": float(s), "latency_ratio": float(s) / float(stats[0])})
     # decoding + NMS at batch 1: the fixed cost outside the pruned network, reported apart
     images = [te.dataset[0][0]]
+    det.eval()
+    dense_core.eval()
     batch, original = preprocess(det, images)
     with torch.no_grad():
         raw = dense_core(batch.tensors)
