@@ -54,8 +54,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
     p.add_argument("--epochs", type=int, default=30, help="dense training epochs")
     p.add_argument("--finetune-epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW (make_detection_optimizer)")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="HALP pruning steps k")
     p.add_argument("--interval", type=int, default=10, help="minibatches between pruning steps")
     p.add_argument("--threads", type=int, default=1)
@@ -77,7 +77,7 @@ def _loaders(a: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _cfg(a: argparse.Namespace, epochs: int, seed: int, lr: float) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, weight_decay=4e-5, warmup_epochs=min(1.0, epochs), grad_clip=10.0,
+    return TrainConfig(epochs=epochs, lr=lr, weight_decay=1e-4, warmup_epochs=min(1.0, epochs), grad_clip=10.0,
                        batch_size=a.batch_size, seed=seed, log_every=0, eval_every=0)
 
 

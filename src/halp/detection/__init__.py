@@ -14,9 +14,9 @@ from __future__ import annotations
 from halp.detection.core import DetectorCore, detect, feature_shapes, postprocess, preprocess, with_core
 from halp.detection.metrics import evaluate, mean_average_precision
 from halp.detection.models import INPUT_SIZE, create_detector, list_detectors
-from halp.detection.train import detection_loss, train_detector
+from halp.detection.train import DETECTION_RECIPE, detection_loss, make_detection_optimizer, train_detector
 
 __all__ = [
-    "INPUT_SIZE", "DetectorCore", "create_detector", "detect", "detection_loss", "evaluate", "feature_shapes",
-    "list_detectors", "mean_average_precision", "postprocess", "preprocess", "train_detector", "with_core",
+    "DETECTION_RECIPE", "INPUT_SIZE", "DetectorCore", "create_detector", "detect", "detection_loss", "evaluate", "feature_shapes",
+    "list_detectors", "make_detection_optimizer", "mean_average_precision", "postprocess", "preprocess", "train_detector", "with_core",
 ]

@@ -25,9 +25,32 @@ from halp.data.sampler import epoch_batches, steps_per_epoch
 from halp.detection.metrics import evaluate
 from halp.distributed import _world, resolve_device
 from halp.train import TrainConfig, _call, _fast_forward, _grad_norm, _hooks, _should_stop
-from halp.train import cosine_with_warmup, make_optimizer
+from halp.train import cosine_with_warmup
 
 log = logging.getLogger(__name__)
+
+# A recipe that learns the generated shapes-voc set from scratch on a CPU in minutes (SSDlite320).
+DETECTION_RECIPE = TrainConfig(epochs=8, lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0, batch_size=8, grad_clip=10.0,
+                               log_every=0)
+
+
+def make_detection_optimizer(detector: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW at ``cfg.lr`` with ``cfg.weight_decay`` on kernels only (not on BatchNorm or biases).
+
+    Why not :func:`halp.train.make_optimizer`'s SGD: an SSD trained from scratch for the few hundred steps a
+    CPU affords learns far faster with AdamW (on shapes-voc, SSDlite320 at epoch 2 of batch 8: train loss
+    5.86 with AdamW 2e-3 vs 8.30 with SGD 0.1). ``cfg.momentum``/``nesterov`` are ignored here; pass
+    ``optimizer=make_optimizer(detector, cfg)`` to :func:`train_detector` for SGD.
+    """
+    decay, no_decay = [], []
+    for p in detector.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+              if g["params"]]
+    if not groups:
+        raise ValueError("the detector has no trainable parameters")
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def detection_loss(detector: nn.Module, images: Any, targets: Any, device: torch.device) -> dict[str, torch.Tensor]:
@@ -54,7 +77,8 @@ def train_detector(
     """Train ``detector`` in place for ``cfg.epochs`` epochs (from ``start_step`` when resuming).
 
     Same contract as :func:`halp.train.train` (pass the optimizer and scheduler restored by
-    :func:`halp.checkpoint.load_checkpoint` to resume exactly); evaluation is mAP
+    :func:`halp.checkpoint.load_checkpoint` to resume exactly), except that the default optimizer is
+    :func:`make_detection_optimizer` (AdamW; see :data:`DETECTION_RECIPE`); evaluation is mAP
     (:func:`halp.detection.evaluate`) on ``test_loader`` every ``cfg.eval_every`` epochs and at the end.
 
     Returns:
@@ -73,7 +97,7 @@ def train_detector(
     total = cfg.epochs * spe
     if not 0 <= start_step <= total:
         raise ValueError(f"start_step must be in [0, {total}] ({cfg.epochs} epochs x {spe} steps), got {start_step}")
-    optimizer = optimizer or make_optimizer(detector, cfg)
+    optimizer = optimizer or make_detection_optimizer(detector, cfg)
     if scheduler is None:
         scheduler = cosine_with_warmup(optimizer, max(total, 1), round(cfg.warmup_epochs * spe))
         if start_step:
