@@ -9,8 +9,8 @@ import torch
 
 import halp.data as data
 from halp.checkpoint import load_checkpoint, save_checkpoint
-from halp.detection import create_detector, train_detector
-from halp.train import TrainConfig, cosine_with_warmup, make_optimizer
+from halp.detection import create_detector, make_detection_optimizer, train_detector
+from halp.train import TrainConfig, cosine_with_warmup
 
 CFG = TrainConfig(epochs=2, lr=0.01, weight_decay=4e-5, warmup_epochs=0.5, batch_size=2, log_every=0, seed=3)
 
@@ -83,7 +83,7 @@ def test_killed_training_resumes_bitwise(loaders, tmp_path):
     train_detector(whole, tr, cfg, progress=False)
 
     first = _detector(info)
-    opt = make_optimizer(first, cfg)
+    opt = make_detection_optimizer(first, cfg)
     sched = cosine_with_warmup(opt, 4, 1)
     ckpt = tmp_path / "det.ckpt"
     res = train_detector(first, tr, cfg, hooks=StopAndSave(ckpt, first, opt, sched), optimizer=opt, scheduler=sched,
@@ -91,7 +91,7 @@ def test_killed_training_resumes_bitwise(loaders, tmp_path):
     assert res["stopped"] and res["step"] == 2
 
     resumed = create_detector("ssdlite320_mobilenet_v3_large", info.num_classes)
-    opt2 = make_optimizer(resumed, cfg)
+    opt2 = make_detection_optimizer(resumed, cfg)
     sched2 = cosine_with_warmup(opt2, 4, 1)
     state = load_checkpoint(ckpt, resumed, opt2, sched2)
     assert state["step"] == 2 and state["extra"] == {"note": "test"}
