@@ -83,7 +83,7 @@ def _cfg(a: argparse.Namespace, epochs: int, seed: int, lr: float) -> TrainConfi
 
 def _dense(a: argparse.Namespace, seed: int, info: Any) -> torch.nn.Module:
     torch.manual_seed(seed)
-    det = create_detector(a.model, info.num_classes)
+    det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
     load_checkpoint(a.work / f"dense-seed{seed}.ckpt", det)
     return det.eval()
 
@@ -100,7 +100,7 @@ def phase_dense(a: argparse.Namespace) -> None:
         if path.is_file():
             continue
         torch.manual_seed(seed)
-        det = create_detector(a.model, info.num_classes)
+        det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
         res = train_detector(det, tr, _cfg(a, a.epochs, seed, a.lr), test_loader=te)
         save_checkpoint(path, det, step=res["step"], extra={"test": res["test"], "history": res["history"]})
         log.info("dense seed %d: %s", seed, res["test"])

@@ -97,6 +97,10 @@ def test_bad_detectors_are_refused():
         create_detector("yolo", 3)
     with pytest.raises(ValueError, match="num_classes counts object classes"):
         create_detector("ssd300_vgg16", 0)
+    with pytest.raises(ValueError, match="bn_momentum must be in"):
+        create_detector("ssd300_vgg16", 3, bn_momentum=0.0)
+    assert {m.momentum for m in create_detector("ssdlite320_mobilenet_v3_large", 2, bn_momentum=0.1).modules()
+            if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     with pytest.raises(ValueError, match="from scratch"):
         create_detector("ssd300_vgg16", 3, weights="DEFAULT")
     with pytest.raises(ValueError, match="torchvision SSD"):
