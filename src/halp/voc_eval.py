@@ -1,15 +1,16 @@
-"""PASCAL VOC mean average precision, written from the metric's definition.
+"""PASCAL VOC2007 11-point mean average precision, written from the metric's definition.
+
+Kept here only because no library computes it: mAP@0.5 and COCO mAP come from torchmetrics
+(:func:`halp.detection.evaluate`), and the VOC2010+ area-under-the-envelope variant this module used to
+offer is gone (torchmetrics' 101-point COCO interpolation is the maintained equivalent).
 
 For each class, detections from all images are ranked by score. Walking down the ranking, a detection
 is a true positive when its best-overlapping ground-truth box of that class in the same image has IoU
 strictly above the threshold and was not matched before; a match to a *difficult* box counts as neither
 true nor false positive; everything else is a false positive. Recall is measured against the
-non-difficult boxes. AP is then either
-
-* the VOC2007 **11-point** interpolation: the mean over recall levels 0, 0.1, ..., 1 of the best
-  precision reached at that recall or beyond (``use_07_metric=True``), or
-* the VOC2010+ **area** under the precision envelope (precision made monotonically non-increasing,
-  integrated over the recall steps) (``use_07_metric=False``).
+non-difficult boxes. AP is the VOC2007 **11-point** interpolation: the mean over recall levels
+0, 0.1, ..., 1 of the best precision reached at that recall or beyond. Overlaps are torchvision's
+:func:`~torchvision.ops.box_iou`.
 
 mAP is the mean over classes that have at least one non-difficult ground-truth box. Ties in score are
 broken by image order (a stable sort), so results are deterministic.
@@ -20,6 +21,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 
 def _np(x: Any, dtype: Any, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -31,47 +34,38 @@ def _np(x: Any, dtype: Any, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
     return arr
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
-    """Average precision from a ranked list's recall and precision after each detection."""
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """11-point average precision from a ranked list's recall and precision after each detection."""
     recall, precision = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
-    if use_07_metric:
-        total = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
-            above = precision[recall >= t]
-            total += float(above.max()) if above.size else 0.0
-        return total / 11.0
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: best precision at this recall or beyond
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+    total = 0.0
+    for t in np.linspace(0.0, 1.0, 11):
+        above = precision[recall >= t]
+        total += float(above.max()) if above.size else 0.0
+    return total / 11.0
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray, plus_one: float) -> np.ndarray:
-    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + plus_one
-    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + plus_one
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0] + plus_one) * (b[..., 3] - b[..., 1] + plus_one)  # noqa: E731
-    return inter / (area(box) + area(boxes) - inter)
+    # inclusive pixel corners (the devkit's widths x2 - x1 + 1) are box_iou on boxes grown by one pixel
+    grow = torch.tensor([0.0, 0.0, plus_one, plus_one], dtype=torch.float64)
+    a = torch.from_numpy(box).reshape(1, 4) + grow
+    return box_iou(a, torch.from_numpy(boxes) + grow)[0].numpy()
 
 
 def voc_map(
     dets: Sequence[Mapping[str, Any]],
     gts: Sequence[Mapping[str, Any]],
     iou: float = 0.5,
-    use_07_metric: bool = True,
     *,
     num_classes: int | None = None,
     pixel_inclusive: bool = False,
 ) -> dict[str, Any]:
-    """VOC mAP of per-image detections against per-image ground truth.
+    """VOC2007 11-point mAP of per-image detections against per-image ground truth.
 
     Args:
         dets: one mapping per image: ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,) class indices.
         gts: one mapping per image, same order: ``boxes`` (N, 4), ``labels`` (N,), optional
             ``difficult`` (N,) booleans.
         iou: a match needs IoU strictly greater than this.
-        use_07_metric: 11-point AP (VOC2007) if true, else the area under the precision envelope.
         num_classes: number of classes (default: one more than the largest label seen).
         pixel_inclusive: treat box corners as inclusive pixel indices (widths ``x2 - x1 + 1``), as the
             devkit does; use it with pixel boxes to reproduce official numbers exactly, and leave it off
@@ -150,7 +144,7 @@ def voc_map(
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
         recall = ctp / npos
         precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-        aps.append(voc_ap(recall, precision, use_07_metric))
+        aps.append(voc_ap(recall, precision))
     valid = [a for a in aps if not np.isnan(a)]
     if not valid:
         raise ValueError("no non-difficult ground-truth boxes in gts: mAP is undefined")

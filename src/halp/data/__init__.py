@@ -7,7 +7,9 @@ train and test loaders plus a :class:`DatasetInfo`. Registered names:
 * ``shapes10`` — generated 3-channel shapes and textures, a harder 10-class task (cached under ``root``).
 * ``cifar10`` — a local ``cifar-10-batches-py`` (read without running pickle code) or ``-bin`` folder.
 * ``imagefolder`` — a ``train/`` and ``val/`` tree of class folders.
-* ``voc`` — PASCAL VOC detection (``VOCdevkit/VOC2007``); batches need :func:`voc_collate`.
+* ``voc`` — PASCAL VOC detection (``VOCdevkit/VOC2007`` or ``VOC2012``, read through torchvision);
+  batches need :func:`voc_collate`.
+* ``shapes-voc`` — a generated detection set written as a VOC tree (cached under ``root``).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def _register_builtins() -> None:
     register("cifar10")(_lazy("cifar", "Cifar10", root_kw=False))
     register("imagefolder", eval_split="val")(_lazy("imagefolder", "ImageFolder", root_kw=False))
     register("voc", train_split="trainval", eval_split="test")(_lazy("voc", "VOCDetection", root_kw=False))
+    register("shapes-voc")(_lazy("shapes_voc", "ShapesVOC", root_kw=True))
 
 
 _register_builtins()

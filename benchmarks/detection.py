@@ -1,0 +1,209 @@
+"""Detection benchmark (paper Fig. 5 at small scale): HALP vs uniform width scaling on SSDlite / SSD300.
+
+The pruned network is the detector's per-image network (:class:`halp.detection.DetectorCore`: backbone
++ head at batch 1); decoding and NMS are a fixed cost measured apart. The work is split into phases
+so that only the timing phases need the machine to itself:
+
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase dense    # train dense detectors
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase profile  # latency table (timing)
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase prune    # HALP / uniform + fine-tune
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side
+
+Every phase reuses what an earlier one left in ``--work`` (checkpoints, table, slim models), so a
+killed run is resumed by running the phase again. ``measure`` writes ``--out`` as a list of
+``{"model", "method", "budget", "seed", "map50", "map", "latency_ms", ...}`` (``budget`` null for dense).
+Uniform scaling is matched to HALP's *predicted* latency in ``prune``; ``measure`` records both measured
+latencies and the ratio, which the acceptance wants within 2%. ``--quick`` shrinks everything to check
+the pipeline in minutes (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import halp
+import halp.data as data
+from halp.baselines import UniformPruner
+from halp.checkpoint import load_checkpoint, save_checkpoint
+from halp.config import PruneConfig
+from halp.detection import DetectorCore, create_detector, evaluate, feature_shapes, train_detector, with_core
+from halp.detection.core import postprocess, preprocess
+from halp.detection.models import INPUT_SIZE
+from halp.latency import LatencyTable, measure_many
+from halp.serialize import load_pruned, save_pruned
+from halp.train import TrainConfig
+
+log = logging.getLogger("benchmarks.detection")
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary tables
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phase", choices=["dense", "profile", "prune", "measure"], required=True)
+    p.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
+    p.add_argument("--epochs", type=int, default=30, help="dense training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW (make_detection_optimizer)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="HALP pruning steps k")
+    p.add_argument("--interval", type=int, default=10, help="minibatches between pruning steps")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-root", default=None, help="cache folder of the generated shapes-voc tree")
+    p.add_argument("--work", type=Path, default=Path("runs/detection"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.json"))
+    p.add_argument("--quick", action="store_true", help="tiny data, epochs and profile: a pipeline check")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.epochs, a.finetune_epochs, a.steps, a.interval, a.seeds = 1, 1, 2, 2, a.seeds[:1]
+        a.work, a.out = a.work / "quick", a.work / "quick" / "detection.json"
+    return a
+
+
+def _loaders(a: argparse.Namespace) -> tuple[Any, Any, Any]:
+    sizes = dict(n_train=32, n_val=8, n_test=16) if a.quick else {}
+    return data.make_loaders("shapes-voc", a.batch_size if not a.quick else 4, root=a.data_root, eval_batch_size=25,
+                             size=INPUT_SIZE[a.model], **sizes)
+
+
+def _cfg(a: argparse.Namespace, epochs: int, seed: int, lr: float) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, weight_decay=1e-4, warmup_epochs=min(1.0, epochs), grad_clip=10.0,
+                       batch_size=a.batch_size, seed=seed, log_every=0, eval_every=0)
+
+
+def _dense(a: argparse.Namespace, seed: int, info: Any) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
+    load_checkpoint(a.work / f"dense-seed{seed}.ckpt", det)
+    return det.eval()
+
+
+def _example(a: argparse.Namespace) -> torch.Tensor:
+    s = INPUT_SIZE[a.model]
+    return torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+
+
+def phase_dense(a: argparse.Namespace) -> None:
+    tr, te, info = _loaders(a)
+    for seed in a.seeds:
+        path = a.work / f"dense-seed{seed}.ckpt"
+        if path.is_file():
+            continue
+        torch.manual_seed(seed)
+        det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
+        res = train_detector(det, tr, _cfg(a, a.epochs, seed, a.lr), test_loader=te)
+        save_checkpoint(path, det, step=res["step"], extra={"test": res["test"], "history": res["history"]})
+        log.info("dense seed %d: %s", seed, res["test"])
+
+
+def phase_profile(a: argparse.Namespace) -> None:
+    _, _, info = _loaders(a)
+    core = DetectorCore(_dense(a, a.seeds[0], info)).eval()
+    quick = dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else {}
+    halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **quick)
+
+
+class _Hooks:
+    """The pruner in the detection loop: importance after backward, masks after the update."""
+
+    def __init__(self, pruner: halp.Pruner) -> None:
+        self.pruner = pruner
+
+    def after_backward(self, step: int) -> None:
+        self.pruner.step()
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.pruner.apply_masks()
+
+
+def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, target_ms: float | None,
+               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any]:
+    tr, te, info = loaders
+    det = copy.deepcopy(_dense(a, seed, info))
+    core = DetectorCore(det)
+    cfg = PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval)
+    pruner = (UniformPruner if method == "uniform" else halp.Pruner)(core, _example(a), table, cfg)
+    res = train_detector(det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), hooks=_Hooks(pruner))
+    if not pruner.done:
+        raise ValueError(f"{a.steps} steps x {a.interval} minibatches do not fit in {res['total_steps']} fine-tune "
+                         "steps: lower --steps/--interval or raise --finetune-epochs")
+    slim = pruner.finalize().eval()
+    result = evaluate(with_core(det, slim), te)
+    folder = a.work / f"{method}-{budget}-seed{seed}"
+    save_pruned(slim, folder, widths=pruner.widths(), input_shape=tuple(_example(a).shape))
+    rec = {"model": a.model, "method": method, "budget": budget, "seed": seed, "map50": result["map50"],
+           "map": result["map"], "predicted_ms": pruner.predict(pruner.widths()), "dense_predicted_ms": pruner.dense_ms}
+    (folder / "result.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def phase_prune(a: argparse.Namespace) -> None:
+    loaders = _loaders(a)
+    table = LatencyTable.load(a.work / "table.json")
+    for seed in a.seeds:
+        for budget in a.budgets:
+            done = a.work / f"halp-{budget}-seed{seed}" / "result.json"
+            rec = json.loads(done.read_text()) if done.is_file() else _prune_one(a, seed, "halp", budget, None,
+                                                                              loaders, table)
+            if not (a.work / f"uniform-{budget}-seed{seed}" / "result.json").is_file():
+                _prune_one(a, seed, "uniform", budget, rec["predicted_ms"], loaders, table)  # same predicted ms
+
+
+def phase_measure(a: argparse.Namespace) -> None:
+    tr, te, info = _loaders(a)
+    x = _example(a)
+    records = []
+    for seed in a.seeds:
+        det = _dense(a, seed, info)
+        dense_core = DetectorCore(det).eval()
+        dense_map = evaluate(det, te)
+        runs = [json.loads(p.read_text()) for p in sorted(a.work.glob(f"*-seed{seed}/result.json"))]
+        cores = [load_pruned(a.work / f"{r['method']}-{r['budget']}-seed{seed}", model=copy.deepcopy(dense_core))
+                 for r in runs]
+        stats = measure_many([dense_core, *cores], x, threads=a.threads, repeats=30, rounds=5)
+        records.append({"model": a.model, "method": "dense", "budget": None, "seed": seed, "map50": dense_map["map50"],
+                        "map": dense_map["map"], "latency_ms": float(stats[0])})
+        for r, s in zip(runs, stats[1:]):
+            records.append({**r, "latency_ms": float(s), "latency_ratio": float(s) / float(stats[0])})
+    # decoding + NMS at batch 1: the fixed cost outside the pruned network, reported apart
+    images = [te.dataset[0][0]]
+    det.eval()
+    dense_core.eval()
+    batch, original = preprocess(det, images)
+    with torch.no_grad():
+        raw = dense_core(batch.tensors)
+    shapes = feature_shapes(dense_core, *batch.tensors.shape[-2:])
+    torch.set_num_threads(a.threads)
+    t0, n = time.perf_counter(), 30
+    for _ in range(n):
+        postprocess(det, *raw, batch, shapes, original)
+    post_ms = (time.perf_counter() - t0) / n * 1e3
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(records, indent=1))
+    (a.out.with_name(a.out.stem + "_meta.json")).write_text(json.dumps(
+        {"postprocess_ms": post_ms, "threads": a.threads, "command": " ".join(sys.argv)}, indent=1))
+    for r in records:
+        print(json.dumps(r))
+    print(f"postprocessing (decode + NMS, batch 1): {post_ms:.2f} ms")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    a = _args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, a.threads))
+    {"dense": phase_dense, "profile": phase_profile, "prune": phase_prune, "measure": phase_measure}[a.phase](a)
+
+
+if __name__ == "__main__":
+    main()
