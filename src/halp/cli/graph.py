@@ -50,8 +50,15 @@ def summarize(graph: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import halp
 
+    from halp.detection.network import is_detector, network_input, per_image_network
+
     model, size = load_model(args.model, args.num_classes)
     x = example_input(size, args.input)
+    if is_detector(model):  # its per-image network, named as in the detector (see halp.detection.network)
+        x = network_input(model, x.shape[2], x.shape[3], batch=x.shape[0])
+        print(f"{args.model} is a detector: the graph of its per-image network on {tuple(x.shape)} "
+              "(after its own resize), postprocessing excluded")
+        model = per_image_network(model)
     graph = halp.build_graph(model, x, check=not args.no_check, ignore=args.ignore)
     info = summarize(graph)
     print(f"{args.model}: {info['groups']} channel groups, {info['prunable']} prunable; "
