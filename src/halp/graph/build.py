@@ -107,9 +107,6 @@ class _Walker:
     def add_grouped(self, name: str, groups: int, in_chan: Chan | None, out_chan: Chan) -> None:
         self.facts.grouped.append((name, groups, in_chan, out_chan))
 
-    def note_frozen(self, what: str, reason: str) -> None:
-        """Frozen channels carry their reason on the group; only ops without a handler are listed."""
-
     # -- the walk --------------------------------------------------------------------------------
     def run(self) -> None:
         for node in self.program.graph.nodes:

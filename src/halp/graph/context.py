@@ -78,8 +78,6 @@ class Walker(Protocol):
 
     def add_grouped(self, name: str, groups: int, in_chan: Chan, out_chan: Chan) -> None: ...
 
-    def note_frozen(self, what: str, reason: str) -> None: ...
-
     def op_name(self, node: fx.Node) -> str: ...
 
 
@@ -225,7 +223,6 @@ class OpContext:
         for t in self.values():
             if isinstance(t, TensorVal):
                 self.fix(t, reason)
-        self._w.note_frozen(self.describe(), reason)
         return self.map_outputs(lambda m: self.untracked(m))
 
     # -- recording facts -------------------------------------------------------------------------
