@@ -1,0 +1,179 @@
+"""``openvino`` and ``openvino-int8``: OpenVINO's CPU plugin, one synchronous infer request.
+
+The CPU plugin is compiled for latency (``PERFORMANCE_HINT=LATENCY``, one stream) with a fixed
+``INFERENCE_NUM_THREADS`` and ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX-512 BF16 the
+plugin otherwise runs "FP32" models in bfloat16, and the table would describe another precision than its
+name says. Models reach OpenVINO as ONNX (the single-layer graphs of :mod:`halp.latency.onnx_layers`,
+networks through :func:`halp.export.export_onnx`), read by ``ov.Core.read_model``.
+
+INT8 networks are quantized by NNCF (``nncf.quantize`` on the OpenVINO model, OpenVINO's own post-training
+path) with the user's calibration batches. Single layers and ops are not: ``nncf.quantize`` takes ~0.4 s a
+call here, and a table needs thousands of points. They are quantized by onnxruntime's QDQ quantizer
+(16 ms) and cut to uint8 in / uint8 out (:mod:`halp.latency.qdq`); OpenVINO compiles such a graph to the
+same ``u8`` convolution NNCF's FakeQuantize produces inside a network (its runtime graph shows
+``Input u8 → Convolution u8 → Output u8``), which is the kernel whose cost the table needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from halp.graph.types import LayerShape
+from halp.latency.backends import Backend, as_inputs, cpu_model_name
+from halp.latency.int8 import check_int8_dtype, export_float_onnx, float_cpu
+from halp.latency.onnx_layers import single_layer_model
+from halp.latency.ops import op_module
+from halp.latency.qdq import calibration_feeds, input_names, named_feeds, quantized_layer_model
+from halp.latency.timing import LatencyStats, time_interleaved
+
+logger = logging.getLogger(__name__)
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ValueError("the OpenVINO backends need `pip install halp[openvino]` (openvino, nncf)") from exc
+    return openvino
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO CPU plugin, float32 (module docstring for the compile settings)."""
+
+    name = "openvino"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.dtype != "float32":
+            raise ValueError(f"backend {self.name!r} measures float32 only (INT8: 'openvino-int8'), got dtype "
+                             f"{self.dtype!r}")
+        self._ov = _openvino()
+        self._core = self._ov.Core()
+
+    def device_name(self) -> str:
+        try:
+            return str(self._core.get_property("CPU", "FULL_DEVICE_NAME"))
+        except Exception:  # noqa: BLE001 - a name is informative only
+            return cpu_model_name()
+
+    def info(self) -> dict[str, Any]:
+        return super().info() | {"openvino": self._ov.__version__}
+
+    def compile_config(self) -> dict[str, Any]:
+        return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": self.threads,
+                "INFERENCE_PRECISION_HINT": "f32"}
+
+    def options(self) -> dict[str, Any]:
+        return {"precision": "float32", "runtime": "openvino", "device": "CPU", **self.compile_config()}
+
+    def compile(self, model: Any) -> Any:
+        """An OpenVINO model (or a path to ONNX / IR) compiled for the CPU with this backend's settings."""
+        if isinstance(model, (str, Path)):
+            model = self._core.read_model(str(model))
+        return self._core.compile_model(model, "CPU", self.compile_config())
+
+    def runner(self, compiled: Any, feed: Sequence[np.ndarray] | dict[str, np.ndarray]) -> Callable[[], Any]:
+        """One synchronous infer request with its inputs set once (shared, not copied, on every call)."""
+        request = compiled.create_infer_request()
+        arrays = list(feed.values()) if isinstance(feed, dict) else list(feed)
+        arrays = [np.ascontiguousarray(a) for a in arrays[: len(compiled.inputs)]]
+        for i, a in enumerate(arrays):
+            request.set_input_tensor(i, self._ov.Tensor(a, shared_memory=True))
+        return lambda: request.infer() if arrays else None  # the closure keeps the shared buffers alive
+
+    def _layer_model(self, data: bytes, feed: dict[str, np.ndarray], tmp: str) -> tuple[bytes, dict[str, np.ndarray]]:
+        return data, feed
+
+    def _compile_bytes(self, data: bytes, tmp: str) -> Any:
+        path = Path(tmp) / "layer.ov.onnx"
+        path.write_bytes(data)
+        return self.compile(path)
+
+    def time_layer(self, shape: LayerShape, cin: int, cout: int, in_repeat: int = 1) -> LatencyStats:
+        data, name, x = single_layer_model(shape, cin, cout, in_repeat)
+        with tempfile.TemporaryDirectory(prefix="halp-ov-") as tmp:
+            data, feed = self._layer_model(data, {name: x}, tmp)
+            run = self.runner(self._compile_bytes(data, tmp), feed)
+        return self._timed(run)
+
+    def time_op(self, kind: str, batch: int, channels: int, hw: tuple[int, int]) -> LatencyStats:
+        module, inputs = op_module(kind, batch, channels, hw, torch.float32, "cpu")
+        with tempfile.TemporaryDirectory(prefix="halp-ov-") as tmp:
+            path, feed = export_float_onnx(module, inputs, Path(tmp) / "op.onnx")
+            data, feed = self._layer_model(path.read_bytes(), feed, tmp)
+            run = self.runner(self._compile_bytes(data, tmp), feed)
+        return self._timed(run)
+
+    def network(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], tmp: str | Path) -> Any:
+        """The OpenVINO model of one network, as this backend runs it (float32 here)."""
+        path, _ = export_float_onnx(model, inputs, Path(tmp) / "net.onnx")
+        return self._core.read_model(str(path))
+
+    def time_models(
+        self, models: Sequence[nn.Module], example_inputs: Any, rounds: int = 5
+    ) -> list[LatencyStats]:
+        inputs = tuple(t.detach().cpu() for t in as_inputs(example_inputs))
+        arrays = [t.float().numpy() for t in inputs]
+        runs = []
+        for m in float_cpu(models):
+            with tempfile.TemporaryDirectory(prefix="halp-ov-") as tmp:
+                runs.append(self.runner(self.compile(self.network(m, inputs, tmp)), arrays))
+        return time_interleaved(runs, self.settings, rounds=rounds, guard=self.guard)
+
+
+class OpenVinoInt8Backend(OpenVinoBackend):
+    """OpenVINO CPU plugin running NNCF-quantized INT8 networks (module docstring).
+
+    Args:
+        calibration_data: example batches for ``nncf.quantize`` (a tensor, a sequence of tensors, or a
+            loader of ``(images, labels)``); None: the example inputs.
+        **kwargs: as :class:`~halp.latency.backends.Backend` (``threads``, ``settings``).
+    """
+
+    name = "openvino-int8"
+
+    def __init__(self, *, calibration_data: Any = None, dtype: str = "int8", **kwargs: Any) -> None:
+        check_int8_dtype(self.name, dtype)
+        super().__init__(dtype="float32", **kwargs)
+        self.dtype = "int8"
+        self.calibration_data = calibration_data
+        try:
+            import nncf  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("backend 'openvino-int8' needs NNCF: `pip install halp[openvino]`") from exc
+
+    def options(self) -> dict[str, Any]:
+        return super().options() | {"precision": "int8", "quantizer": "nncf.quantize",
+                                    "layer_quantizer": "onnxruntime.quantization QDQ, per-channel, u8/s8"}
+
+    def _layer_model(self, data: bytes, feed: dict[str, np.ndarray], tmp: str) -> tuple[bytes, dict[str, np.ndarray]]:
+        return quantized_layer_model(data, feed, tmp)
+
+    def quantized_network(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], tmp: str | Path,
+                          calibration_data: Any = None) -> Any:
+        """``model`` exported, read by OpenVINO and quantized by ``nncf.quantize`` on calibration data
+        (the argument, else the backend's, else ``inputs``)."""
+        import nncf
+
+        data = calibration_data if calibration_data is not None else self.calibration_data
+        feeds = calibration_feeds(data, inputs)
+        path, _ = export_float_onnx(model, inputs, Path(tmp) / "net.onnx")
+        ov_model = self._core.read_model(str(path))
+        samples = named_feeds(input_names(path), feeds)
+        nncf_log = logging.getLogger("nncf")
+        level = nncf_log.level
+        nncf_log.setLevel(logging.ERROR)
+        try:
+            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+        finally:
+            nncf_log.setLevel(level)
+
+    def network(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], tmp: str | Path) -> Any:
+        return self.quantized_network(model, inputs, tmp)
