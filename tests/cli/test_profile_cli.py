@@ -111,3 +111,10 @@ def test_parse_input():
             parse_input(bad)
     with pytest.raises(SystemExit):
         main(["profile", "--model", "resnet20"])  # -o is required: argparse exits
+
+
+def test_cli_backend_names_are_the_librarys():
+    import halp.cli.profile as cli_profile
+    from halp.latency import BACKENDS
+
+    assert cli_profile.BACKENDS == BACKENDS
