@@ -191,9 +191,9 @@ def export_int8(
     """Write ``model`` statically quantized to INT8 for a runtime, and check it against the FP32 model.
 
     ``onnxruntime-int8`` writes a QDQ ONNX model (onnxruntime.quantization, per-channel int8 weights);
-    ``openvino-int8`` an OpenVINO IR (``.xml`` + ``.bin``) quantized by ``nncf.quantize``: the same
-    quantization the INT8 latency backends measure, so the table a model was pruned with describes the
-    file deployed.
+    ``openvino-int8`` an OpenVINO IR (``.xml`` + ``.bin``) read from such a model (the backend's default
+    quantizer; see :mod:`halp.latency.openvino_backend` for why not NNCF's): the same quantization the INT8
+    latency backends measure, so the table a model was pruned with describes the file deployed.
 
     Args:
         model: the (slim) FP32 network; not modified.

@@ -104,6 +104,10 @@ def test_int8_network_output_close_to_float(tiny, backend):
         else:
             compiled = be.compile(be.quantized_network(model, (x,), tmp))
             got = compiled({0: x.numpy()})[compiled.outputs[0]]
+            ops = compiled.get_runtime_model().get_ordered_ops()
+            precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in ops
+                          if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+            assert precisions and precisions <= {"u8", "i8"}  # every conv runs an INT8 kernel
     assert got.shape == want.shape
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert rel < 0.1, rel
@@ -125,6 +129,25 @@ def test_int8_profile_predict_and_measure(tiny, backend):
     assert len(stats.samples) == 3 and 0 < stats.median_ms < math.inf
     if backend == "openvino-int8":
         assert table.meta["versions"]["openvino"]
+
+
+@pytest.mark.parametrize("quantizer", ["nncf-onnx", "nncf-openvino"])
+def test_openvino_int8_with_nncf(tiny, quantizer):
+    """NNCF quantizes the network instead (the options the default was chosen against): still close to float."""
+    from halp.latency.openvino_backend import OpenVinoInt8Backend
+
+    model, _ = tiny
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model(x).numpy()
+    be = OpenVinoInt8Backend(threads=1, calibration_data=_batches(), quantizer=quantizer)
+    assert be.options()["quantizer"] == quantizer
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled = be.compile(be.quantized_network(model, (x,), tmp))
+    got = compiled({0: x.numpy()})[compiled.outputs[0]]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.1
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        OpenVinoInt8Backend(quantizer="pot")
 
 
 def test_runtime_argument_errors(tiny):

@@ -42,7 +42,9 @@ def float_cpu(models: Sequence[nn.Module]) -> list[nn.Module]:
             else copy.deepcopy(m).to(device="cpu", dtype=torch.float32) for m in models]
 
 
-def export_float_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+def export_float_onnx(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path
+) -> tuple[Path, dict[str, np.ndarray]]:
     """``module`` exported to ONNX at ``path`` and a feed of ``inputs`` for it."""
     from halp.export import export_onnx
 

@@ -57,7 +57,8 @@ def calibration_feeds(
             # a (images, labels) batch from a loader: the model's inputs are the leading tensors
             tensors = tuple(item[: len(want)])
         else:
-            raise ValueError(f"calibration data must hold tensors or (inputs, labels) batches, got {type(item).__name__}")
+            raise ValueError("calibration data must hold tensors or (inputs, labels) batches, got "
+                             f"{type(item).__name__}")
         if len(tensors) != len(want) or any(tuple(t.shape[1:]) != w[1:] for t, w in zip(tensors, want)):
             raise ValueError(
                 f"calibration batch of shape {[tuple(t.shape) for t in tensors]} does not fit the model's inputs "
