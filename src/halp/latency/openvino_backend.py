@@ -8,15 +8,15 @@ networks through :func:`halp.export.export_onnx`), read by ``ov.Core.read_model`
 
 INT8 networks are statically quantized on the user's calibration batches and compiled from the Q/DQ
 ONNX model, which OpenVINO's low-precision transformations run as INT8 kernels. Which quantizer
-(``quantizer=``), measured here (MobileNet-V2 at 128², 1 thread, OpenVINO 2026.4, NNCF 3.4):
+(``quantizer=``), checked here on MobileNet-V2 (OpenVINO 2026.4, NNCF 3.4):
 
 * ``"onnxruntime"`` (default): onnxruntime.quantization's static QDQ, per-channel int8 weights, uint8
-  activations. All 52 convolutions run INT8 (1.21 ms); a digits model kept its FP32 top-1 (tests).
+  activations. All 52 convolutions run INT8; a digits model kept its FP32 top-1 (tests).
   It is also how the table's single layers and ops are quantized, so the table and the measured
   network share one quantization scheme.
 * ``"nncf-openvino"``: ``nncf.quantize`` on the OpenVINO model. It leaves all 17 depthwise convolutions
-  in f32 (the runtime graph says so) and the network ran 1.58 ms: not the network an INT8 table
-  of quantized kernels describes.
+  in f32 (the runtime graph says so; the network ran about 30% slower than the default's, in a rough
+  timing on the shared machine): not the network an INT8 table of quantized kernels describes.
 * ``"nncf-onnx"``: ``nncf.quantize`` on the ONNX model: all convolutions INT8, but the digits model lost
   3.1 top-1 points (83.2% against FP32 86.3%) where the default lost none.
 
