@@ -16,29 +16,20 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small digits network trained for a few seconds (Adam, 160 steps), saved as a slim model folder."""
+    """A small digits network trained for a few seconds (halp.train, 5 epochs), saved as a slim model folder."""
     from halp.data import make_loaders
+    from halp.train import TrainConfig, train
 
     torch.manual_seed(0)
     model = halp.models.create("digits_resnet", widths=(12, 24, 48))
-    train, test, _ = make_loaders("digits", 32, eval_batch_size=128)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    step = 0
-    while step < 160:
-        for x, y in train:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == 160:
-                break
+    loader, test, _ = make_loaders("digits", 32, eval_batch_size=128)
+    train(model, loader, TrainConfig(epochs=5, lr=0.05, batch_size=32, warmup_epochs=0.5, eval_every=0, log_every=0),
+          progress=False)
     model.eval()
     folder = tmp_path_factory.mktemp("int8") / "digits"
     halp.save_pruned(model, folder)
     calib = []
-    for i, (x, _) in enumerate(train):
+    for i, (x, _) in enumerate(loader):
         calib.append(x)
         if i == 8:
             break
