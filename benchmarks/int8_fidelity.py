@@ -40,7 +40,8 @@ def parse_model(text: str) -> tuple[str, int]:
 
 
 def section_title(args: argparse.Namespace) -> str:
-    return f"## INT8 latency fidelity (issue 15): {args.backend}, {args.threads} thread{'s' if args.threads != 1 else ''}"
+    return (f"## INT8 latency fidelity (issue 15): {args.backend}, {args.threads} thread{'s' if args.threads != 1 else ''}"
+            + (", widths on the latency steps" if args.aligned else ""))
 
 
 def commands(results: list[dict[str, Any]]) -> list[str]:
@@ -62,7 +63,8 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
         f"Machine: {cpu_model_name()}, torch {torch.__version__}, {args.backend}, {args.threads} thread(s), batch 1; "
         f"{datetime.now(timezone.utc):%Y-%m-%d}.  ",
         f"{args.variants} random prunings per model (each draws a level uniform in {int(100 * args.low)}-100% and every "
-        f"prunable group keeps that fraction x (1 ± U({args.jitter:g})) of its channels); every network quantized for "
+        f"prunable group keeps that fraction x (1 ± U({args.jitter:g})) of its channels"
+        f"{', rounded to its latency step' if args.aligned else ''}); every network quantized for "
         f"the runtime and measured end to end, {args.passes} pass(es) of {args.rounds} interleaved rounds x "
         f"{args.repeats} forwards. Table: {p['grid_points']} grid points per axis, {p['fine_span']}-channel fine sweep, "
         f"{p['calibration_samples']} calibration networks (coarser than the FP32 default to fit 10 minutes a model). "
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-samples", type=int, default=16)
     ap.add_argument("--more-calibration", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--aligned", action="store_true",
+                    help="round the random widths to each group's latency step (the widths the pruner produces)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="")
     ap.add_argument("--report-only", action="store_true")
@@ -133,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     # the fields latency_fidelity.run_model reads, at the FP32 benchmark's defaults where this one has none
     args.batch, args.clock, args.statistic, args.guard = 1, "wall", "median", DEFAULT_GUARD
-    args.aligned, args.calibration = False, "session"
+    args.calibration = "session"
     args.profile_settings = {"grid_points": args.grid_points, "fine_span": args.fine_span,
                              "calibration_samples": args.calibration_samples}
     out = Path(args.out)
-    stem = f"int8_fidelity_{args.backend}_t{args.threads}"
+    stem = f"int8_fidelity_{args.backend}_t{args.threads}" + ("_aligned" if args.aligned else "")
     fig, js = out / f"{stem}.png", out / f"{stem}.json"
     if args.report_only:
         results = json.loads(js.read_text(encoding="utf-8"))["results"]
