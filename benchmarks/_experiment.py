@@ -234,7 +234,26 @@ def robust_backend(name: str, threads: int, timing: Any = None) -> Any:
         return LowQuantileTorch(name.split("-")[1], threads=threads, settings=timing)
     if name == "onnxruntime":
         return LowQuantileOrt(threads=threads, settings=timing)
-    raise ValueError(f"unknown backend {name!r}; use torch-cpu, torch-cuda or onnxruntime")
+    from halp.latency.backends import BACKENDS, get_backend
+
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    base = type(get_backend(name, threads=threads))  # openvino and the INT8 backends: same wrapping
+
+    class LowQuantile(base):  # type: ignore[misc, valid-type]
+        def options(self) -> dict[str, Any]:
+            return {**super().options(), "statistic": f"p{QUANTILE:g}"}
+
+        def time_layer(self, *args: Any, **kw: Any) -> Any:
+            return _low_quantile(super().time_layer(*args, **kw))
+
+        def time_op(self, *args: Any, **kw: Any) -> Any:
+            return _low_quantile(super().time_op(*args, **kw))
+
+        def time_models(self, models: Any, example_inputs: Any, rounds: int = 5) -> list[Any]:
+            return [_low_quantile(s) for s in super().time_models(models, example_inputs, rounds=rounds)]
+
+    return LowQuantile(threads=threads, settings=timing)
 
 
 # ----------------------------------------------------------------------------- data, dense models, tables

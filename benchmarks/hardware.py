@@ -27,9 +27,9 @@ EXPERIMENT = "hardware"
 
 
 def table_settings(p: ex.Preset, backend: str) -> dict[str, Any]:
-    """Profile settings per backend: ONNX Runtime exports a model per point, so the quick preset uses a
-    coarser grid there (recorded in the table and the results)."""
-    if backend == "onnxruntime" and p.name != "full":
+    """Profile settings per backend: ONNX Runtime and OpenVINO build a model per point (the INT8 backends
+    also quantize it), so the quick preset uses a coarser grid there (recorded in the table and the results)."""
+    if backend != "torch-cpu" and backend != "torch-cuda" and p.name != "full":
         return {**dict(p.profile), "grid_points": 8, "fine_span": 32}
     return dict(p.profile)
 
@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ex.add_common_args(ap)
     ap.add_argument("--cuda", action="store_true", help="add torch-cuda (needs a GPU)")
+    ap.add_argument("--backends", nargs="+", default=["torch-cpu", "onnxruntime"],
+                    help="tables to prune with and backends to measure on (also openvino, onnxruntime-int8, "
+                         "openvino-int8: the Figs. 3/14 matrix with FP32 and INT8 tables)")
     args = ap.parse_args(argv)
     p = ex.preset_from_args(args)
     ex.setup(p, args.quiet)
-    backends = ["torch-cpu", "onnxruntime"]
+    backends = list(args.backends)
     if args.cuda:
         if not torch.cuda.is_available():
             raise ValueError("--cuda needs a CUDA GPU; none is visible to torch")
@@ -147,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     for model in p.ablation_models:
         for seed in p.ablation_seeds:
             results.append(run_model(store, ex.Context(model, p.ablation_task, seed, p), backends))
-    ex.write_json(ex.RESULTS / "hardware.json", {"preset": p.to_dict(), "machine": ex.machine(p),
+    stem = "hardware" if backends == ["torch-cpu", "onnxruntime"] else "hardware_" + "_".join(backends)
+    ex.write_json(ex.RESULTS / f"{stem}.json", {"preset": p.to_dict(), "machine": ex.machine(p),
                                                  "cuda": torch.cuda.is_available(), "results": results})
-    plot(results, backends, ex.RESULTS / "hardware.png")
+    plot(results, backends, ex.RESULTS / f"{stem}.png")
     md = markdown(results, backends)
-    (ex.RESULTS / "hardware.md").write_text(md)
+    (ex.RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return 0
 

@@ -56,12 +56,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     clock = ("" if args.clock == "wall" else f"_{args.clock}clock") + ("" if args.statistic == "median" else
                                                                       f"_{args.statistic}")
     guard = "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}"
-    table_path = Path(args.out) / "tables" / f"{name}_torch-cpu_b{args.batch}_t{args.threads}_{args.size}{clock}{guard}.json"
+    backend = getattr(args, "backend", "torch-cpu")  # benchmarks/int8_fidelity.py runs this for other runtimes
+    table_path = Path(args.out) / "tables" / f"{name}_{backend}_b{args.batch}_t{args.threads}_{args.size}{clock}{guard}.json"
     reused = table_path.exists()
     t0 = time.perf_counter()
-    table = halp.profile(model, x, backend="torch-cpu", threads=args.threads, path=table_path,
+    table = halp.profile(model, x, backend=backend, threads=args.threads, path=table_path,
                          progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic,
-                         guard=args.guard)
+                         guard=args.guard, **getattr(args, "profile_settings", {}))
     call_s = time.perf_counter() - t0
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
@@ -101,7 +102,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     passes = []
     for k in range(args.passes):  # every pass times all models; later passes in another order
         order = list(range(len(models))) if k % 2 == 0 else list(reversed(range(len(models))))
-        got = measure_many([models[i] for i in order], x, backend="torch-cpu", threads=args.threads,
+        got = measure_many([models[i] for i in order], x, backend=backend, threads=args.threads,
                            warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, clock=args.clock,
                            guard=args.guard or None)
         passes.append({i: s for i, s in zip(order, got)})
@@ -216,7 +217,7 @@ def scatter(results: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=7)
     fig.suptitle(f"predicted vs measured latency reduction, {len(results[0]['variants'])} random prunings, "
-                 f"torch-cpu batch {results[0]['input'][0]}", fontsize=10)
+                 f"{results[0].get('backend', 'torch-cpu')} batch {results[0]['input'][0]}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=150, bbox_inches="tight")
 

@@ -25,6 +25,7 @@ _PUBLIC: dict[str, str] = {
     "predict_latency": "halp.latency",
     "measure_latency": "halp.latency",
     "export_onnx": "halp.export",
+    "export_int8": "halp.export",
     "save_pruned": "halp.serialize",
     "load_pruned": "halp.serialize",
     "knapsack": "halp.knapsack",

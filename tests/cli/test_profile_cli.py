@@ -111,3 +111,25 @@ def test_parse_input():
             parse_input(bad)
     with pytest.raises(SystemExit):
         main(["profile", "--model", "resnet20"])  # -o is required: argparse exits
+
+
+def test_cli_backend_names_are_the_librarys():
+    import halp.cli.profile as cli_profile
+    from halp.latency import BACKENDS
+
+    assert cli_profile.BACKENDS == BACKENDS
+
+
+def test_cli_int8_profile_and_latency_on_another_backend(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    path = tmp_path / "r20_ort8.json"
+    assert main(["-q", "profile", "--model", "resnet20", "--backend", "onnxruntime-int8", "-o", str(path), *TINY]) == 0
+    meta = json.loads(path.read_text())["meta"]
+    assert meta["backend"] == "onnxruntime-int8" and meta["dtype"] == "int8"
+    assert meta["backend_options"]["precision"] == "int8"
+    capsys.readouterr()
+    assert main(["-q", "latency", "resnet20", "--table", str(path), "--backend", "openvino", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime-int8" in out and "runs, openvino)" in out
+    measured = float(out.split("measured:")[1].split("ms")[0])
+    assert measured > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from halp.cli.profile import add_model_arguments, example_input, load_model
+from halp.cli.profile import BACKENDS, add_model_arguments, example_input, load_model
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +19,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--input", help="input size BxCxHxW (default: the table's profiled input)")
     p.add_argument("--repeats", type=int, default=30, help="timed forwards for the measurement")
     p.add_argument("--no-measure", action="store_true", help="only predict")
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="measure on this backend instead of the table's (e.g. how a model pruned for one runtime "
+                        "runs on another)")
     p.set_defaults(func=run)
 
 
@@ -38,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
           f"{table.dtype}; table {args.table})")
     if args.no_measure:
         return 0
-    stats = halp.measure_latency(model, x, backend=table.backend, threads=table.threads, repeats=args.repeats,
-                                 dtype=table.dtype)
-    print(f"measured:  {stats.median_ms:.3f} ms  (IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs)")
+    backend = args.backend or table.backend
+    dtype = table.dtype if backend == table.backend else "float32"
+    stats = halp.measure_latency(model, x, backend=backend, threads=table.threads, repeats=args.repeats, dtype=dtype)
+    print(f"measured:  {stats.median_ms:.3f} ms  (IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs, {backend})")
     print(f"ratio predicted/measured: {predicted / stats.median_ms:.3f}")
     return 0

@@ -11,6 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+#: halp.latency.BACKENDS, spelled out so that building the parser does not import torch (a test checks they agree)
+BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+
 logger = logging.getLogger(__name__)
 
 
@@ -82,7 +85,8 @@ def register(subparsers: Any) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--input", help="input size BxCxHxW (default: 1 x the model's input size)")
-    p.add_argument("--backend", default="torch-cpu", choices=["torch-cpu", "torch-cuda", "onnxruntime"])
+    p.add_argument("--backend", default="torch-cpu", choices=list(BACKENDS),
+                   help="where to measure; the -int8 backends time the INT8 kernels of a statically quantized network")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's current)")
     p.add_argument("-o", "--output", required=True, help="table file to write (JSON)")

@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", help="data set: digits, shapes10, cifar10, imagefolder")
     p.add_argument("--data-root", help="folder of the data set (cifar10, imagefolder)")
     p.add_argument("--table", help="latency table JSON; default: profile this machine into OUT/table.json")
-    p.add_argument("--backend", help="torch-cpu, torch-cuda or onnxruntime")
+    p.add_argument("--backend", help="torch-cpu, torch-cuda, onnxruntime, openvino, onnxruntime-int8 or openvino-int8")
     p.add_argument("--threads", type=int, help="intra-op threads for profiling and measuring")
     p.add_argument("--batch", type=int, help="deployment batch size of the latency budget")
     p.add_argument("--method", help="halp (default), uniform, taylor-flops")

@@ -32,7 +32,7 @@ from halp.latency.timing import LatencyStats, TimingSettings, faster, time_calla
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime")
+BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -351,14 +351,32 @@ def get_backend(
     dtype: str = "float32",
     threads: int | None = None,
     settings: TimingSettings | None = None,
+    calibration_data: Any = None,
 ) -> Backend:
-    """A backend by name (``torch-cpu``, ``torch-cuda``, ``onnxruntime``); a :class:`Backend` passes through."""
+    """A backend by name (one of :data:`BACKENDS`); a :class:`Backend` passes through.
+
+    ``calibration_data`` (example batches) quantizes whole networks on the INT8 backends
+    (``onnxruntime-int8``, ``openvino-int8``; None: the example inputs) and is refused elsewhere.
+    """
     if isinstance(backend, Backend):
         return backend
+    if calibration_data is not None and backend not in ("onnxruntime-int8", "openvino-int8"):
+        raise ValueError(f"calibration_data quantizes networks for the INT8 backends; backend {backend!r} "
+                         "runs float models: drop calibration_data or choose 'onnxruntime-int8' / 'openvino-int8'")
     if backend == "torch-cpu":
         return TorchBackend("cpu", dtype=dtype, threads=threads, settings=settings)
     if backend == "torch-cuda":
         return TorchBackend("cuda", dtype=dtype, threads=threads, settings=settings)
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(dtype=dtype, threads=threads, settings=settings)
+    if backend == "onnxruntime-int8":
+        from halp.latency.int8 import OnnxRuntimeInt8Backend
+
+        return OnnxRuntimeInt8Backend(dtype=dtype, threads=threads, settings=settings, calibration_data=calibration_data)
+    if backend in ("openvino", "openvino-int8"):
+        from halp.latency.openvino_backend import OpenVinoBackend, OpenVinoInt8Backend
+
+        if backend == "openvino":
+            return OpenVinoBackend(dtype=dtype, threads=threads, settings=settings)
+        return OpenVinoInt8Backend(dtype=dtype, threads=threads, settings=settings, calibration_data=calibration_data)
     raise ValueError(f"unknown latency backend {backend!r}; choose one of {', '.join(BACKENDS)}")

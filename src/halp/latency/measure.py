@@ -8,6 +8,8 @@ another device or dtype).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,13 +30,14 @@ def measure_latency(
     rounds: int = 1,
     clock: str = "wall",
     guard: float | None = None,
+    calibration_data: Any = None,
 ) -> LatencyStats:
     """Measure the latency of one forward pass of ``model``.
 
     Args:
         model: the network (dense or slim).
         example_inputs: a tensor or tuple of tensors; their batch is the measured batch.
-        backend: ``"torch-cpu"``, ``"torch-cuda"``, ``"onnxruntime"`` or a :class:`Backend`.
+        backend: a name from :data:`halp.latency.BACKENDS` or a :class:`Backend`.
         threads: intra-op threads while measuring (None: torch's current), restored afterwards.
         warmup: warm-up forwards (at least; warm-up also lasts at least 0.2 s).
         repeats: timed forwards.
@@ -46,12 +49,14 @@ def measure_latency(
         guard: on a CPU backend, a slowdown ratio (e.g. 1.2): a block of forwards during which a probe
             showed the machine that much slower than its best is taken again (a shared host's other
             tenants; see :mod:`halp.latency.guard`). None: off.
+        calibration_data: INT8 backends: example batches to quantize the network with (None: the
+            example inputs, which suffice for latency).
 
     Returns:
         median, interquartile range, mean and all samples, in ms; ``float(stats)`` is the median.
     """
     return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds,
-                        clock=clock, guard=guard)[0]
+                        clock=clock, guard=guard, calibration_data=calibration_data)[0]
 
 
 def measure_many(
@@ -66,6 +71,7 @@ def measure_many(
     rounds: int = 5,
     clock: str = "wall",
     guard: float | None = None,
+    calibration_data: Any = None,
 ) -> list[LatencyStats]:
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
 
@@ -78,7 +84,7 @@ def measure_many(
             raise ValueError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {v!r}")
     settings = TimingSettings(warmup=warmup, warmup_ms=200.0, repeats=repeats, min_time_ms=0.0, max_repeats=repeats,
                               clock=clock)
-    be = get_backend(backend, dtype=dtype, threads=threads, settings=settings)
+    be = get_backend(backend, dtype=dtype, threads=threads, settings=settings, calibration_data=calibration_data)
     if isinstance(backend, Backend):
         be.settings = settings
     if guard is not None and not guard > 1.0:

@@ -234,7 +234,7 @@ def _metadata(be: Backend, cfg: ProfileSettings, model: nn.Module, inputs: tuple
     return {
         "backend": be.name, "device": info["device"], "batch": int(inputs[0].shape[0]), "dtype": be.dtype,
         "threads": be.threads, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "python")} | {"halp": halp.__version__},
+        "versions": {k: info.get(k) for k in ("torch", "numpy", "onnxruntime", "openvino", "python")} | {"halp": halp.__version__},
         "platform": info["platform"], "settings": dataclasses.asdict(cfg), "backend_options": be.options(),
         "model": {"name": name, "class": type(model).__name__, "graph_hash": gh,
                   "input_shapes": [list(t.shape) for t in inputs]},
@@ -269,6 +269,7 @@ def profile(
     *,
     name: str | None = None,
     overwrite: bool = False,
+    calibration_data: Any = None,
     **settings: Any,
 ) -> LatencyTable:
     """Measure the latency table of ``model`` on this device.
@@ -280,8 +281,10 @@ def profile(
     Args:
         model: the dense network.
         example_inputs: a tensor or tuple of tensors (their shape fixes the spatial sizes).
-        backend: ``"torch-cpu"``, ``"torch-cuda"``, ``"onnxruntime"`` or a :class:`Backend`.
-        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (onnxruntime: float32 only).
+        backend: a name from :data:`halp.latency.BACKENDS` (``"torch-cpu"``, ``"torch-cuda"``,
+            ``"onnxruntime"``, ``"openvino"``, ``"onnxruntime-int8"``, ``"openvino-int8"``) or a :class:`Backend`.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (onnxruntime, openvino: float32 only; the
+            INT8 backends record ``"int8"``).
         threads: intra-op threads while measuring (None: torch's current setting, recorded);
             restored afterwards.
         batch: batch size to profile at (None: the inputs' batch).
@@ -291,6 +294,8 @@ def profile(
         progress: show a tqdm progress bar.
         name: a label for the model, stored in the metadata.
         overwrite: ignore an existing finished table at ``path``.
+        calibration_data: INT8 backends only: example batches that quantize the calibration's whole
+            networks (None: the example inputs; single layers are quantized on random inputs).
         **settings: fields of :class:`ProfileSettings` (``repeats``, ``grid_points``, ``fine_span``, ...).
     """
     try:
@@ -299,7 +304,7 @@ def profile(
         names = [f.name for f in dataclasses.fields(ProfileSettings)]
         raise ValueError(f"unknown profile setting ({exc}); valid settings: {names}") from None
     inputs = _rebatch(as_inputs(example_inputs), batch)
-    be = get_backend(backend, dtype=dtype, threads=threads, settings=cfg.timing())
+    be = get_backend(backend, dtype=dtype, threads=threads, settings=cfg.timing(), calibration_data=calibration_data)
     be.settings = cfg.timing()  # a Backend instance passed in is timed with this run's settings too
     dtype = be.dtype
     from halp.graph import build_graph
