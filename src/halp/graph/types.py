@@ -1,7 +1,7 @@
 """The frozen description of a network's prunable channels.
 
 Everything downstream (latency tables, grouping, the knapsack, surgery) reads these types and never the
-torch.fx graph itself, so the tracer can change without touching them. A graph is built once from a model
+captured ATen graph itself, so the capture can change without touching them. A graph is built once from a model
 and example inputs and is never mutated; pruning produces *widths* (kept channels per group) that are
 applied to this description with :meth:`ChannelGraph.layer_widths`.
 
