@@ -69,14 +69,15 @@ def _check_group(group: ChannelGroup, idx: torch.Tensor) -> torch.Tensor:
     if idx.numel() % group.multiple_of:
         raise ValueError(
             f"keep[{name!r}] keeps {idx.numel()} channels but group {name!r} feeds grouped convs and "
-            f"must keep a multiple of {group.multiple_of}"
+            f"must keep a multiple of {group.multiple_of} (halp.surgery.keep_from_widths makes a balanced keep)"
         )
     if group.blocks > 1:
         counts = torch.bincount(idx // (n // group.blocks), minlength=group.blocks)
         if bool((counts != counts[0]).any()):
             raise ValueError(
                 f"keep[{name!r}] must keep the same number of channels in each of the {group.blocks} "
-                f"conv groups of {n // group.blocks} channels (grouped convs); it keeps {counts.tolist()}"
+                f"conv groups of {n // group.blocks} channels (grouped convs); it keeps {counts.tolist()}. "
+                "halp.surgery.keep_from_widths(graph, scores, {name: width}) makes such a keep"
             )
     return idx
 
