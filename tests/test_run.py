@@ -39,7 +39,8 @@ def recipe(assets, out, extra=None, **prune) -> Recipe:
         "threads": 1, "prune": {"target": 0.5, "steps": 3, "interval": 3, **prune},
         "train": {"epochs": 1, "lr": 0.02, "batch_size": 64, "warmup_epochs": 0.0, "checkpoint_every": 2,
                   "log_every": 0},
-        "measure_repeats": 3, "plots": True, "out": str(out), "corrections": 0,  # a fake table: no device check
+        "measure_repeats": 3, "plots": True, "out": str(out), "corrections": 0,
+        "feedback_steps": 0,  # a fake table: no device check, no measured feedback (tests below fake the device)
         **extra,
     })
 
@@ -142,3 +143,28 @@ def test_device_check_prunes_further_when_the_measured_ratio_misses(assets, tmp_
     assert second["measured_ratio"] == pytest.approx(0.6)  # within budget: no further step
     assert len(report["steps"]) == 4  # the 3 scheduled steps + 1 correction
     assert report["pruned"]["accuracy"] == pytest.approx(report["pruned"]["masked_accuracy"], abs=1e-9)
+
+
+def test_feedback_lands_the_measured_budget_and_the_report_states_it(assets, tmp_path, monkeypatch):
+    """The last pruning steps measure their slim models (a fake device: cost per weight plus overhead, which
+    the table does not predict) and the schedule ends inside [0.95, 1] x budget measured, no correction."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    def device_ms(m):
+        return 0.3 + 1e-4 * sum(p.numel() for p in m.parameters() if p.dim() == 4)
+
+    def fake_measure(models, *args, **kwargs):
+        return [LatencyStats(v, 0.0, v, [v], [v]) for v in map(device_ms, models)]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    report = run(recipe(assets, tmp_path, extra={"feedback_steps": 2, "corrections": 1}, target=0.6),
+                 progress=False)
+    assert 0.95 * 0.6 <= report["schedule_end_measured_ratio"] <= 0.6
+    assert report["latency_ratio"] == pytest.approx(report["schedule_end_measured_ratio"])
+    assert len(report["corrections"]) == 1  # no correction step was needed
+    assert report["budget_ratio"] == pytest.approx(0.6)
+    assert report["predicted_ratio"] == pytest.approx(report["pruned"]["predicted_ms"] / report["dense"]["predicted_ms"])
+    assert report["steps"][-1]["measured_ratio"] == pytest.approx(report["latency_ratio"])
+    assert "feedback" in report["steps"][-1] and "feedback" not in report["steps"][0]
+    assert "budget 0.600" in (tmp_path / "summary.md").read_text()

@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--table", required=True, help="latency table (from halp profile)")
     p.add_argument("--input", help="input size BxCxHxW (default: the table's profiled input)")
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=30, help="timed forwards for the measurement")
+    p.add_argument("--repeats", type=int, default=40,
+                   help="timed forwards for the measurement, in 8 rounds; the latency is the fastest round's median")
     p.add_argument("--no-measure", action="store_true", help="only predict")
     p.set_defaults(func=run)
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     stats = halp.measure_latency(model, x, backend=table.backend, threads=table.threads, repeats=args.repeats,
                                  dtype=table.dtype)
-    print(f"measured:  {stats.median_ms:.3f} ms  (IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs)")
-    print(f"ratio predicted/measured: {predicted / stats.median_ms:.3f}")
+    print(f"measured:  {stats.latency_ms:.3f} ms  (fastest round's median of {len(stats.round_medians_ms)} rounds; "
+          f"median {stats.median_ms:.3f}, IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs)")
+    print(f"ratio predicted/measured: {predicted / stats.latency_ms:.3f}")
     return 0
