@@ -6,11 +6,13 @@ thread count; reports for every statistic the spread of the repeated measurement
 ``latency`` (halp's: the fastest round's median), the plain ``median`` of all forwards, and ``p10``.
 
     flock -x /tmp/halp-cpu.lock python benchmarks/measure_repeat.py --threads 1 2
+    ... --repeats 40 120 --rounds 8 24    # longer measurements: every (repeats, rounds) pair
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--times", type=int, default=6, help="measurements per model and thread count")
     ap.add_argument("--pause", type=float, default=3.0, help="seconds between measurements")
+    ap.add_argument("--repeats", nargs="+", type=int, default=[40], help="forwards per measurement")
+    ap.add_argument("--rounds", nargs="+", type=int, default=[8], help="rounds per measurement")
     ap.add_argument("--out", default="benchmarks/results/measure_repeat.json")
     args = ap.parse_args()
     results = []
@@ -41,17 +45,17 @@ def main() -> None:
         torch.manual_seed(0)
         model = halp.models.create(name, **kwargs).eval()
         x = torch.randn(*shape)
-        for threads in args.threads:
+        for threads, repeats, rounds in itertools.product(args.threads, args.repeats, args.rounds):
             got = []
             for _ in range(args.times):
-                got.append(halp.measure_latency(model, x, threads=threads))
+                got.append(halp.measure_latency(model, x, threads=threads, repeats=repeats, rounds=rounds))
                 time.sleep(args.pause)
-            row = {"model": key, "threads": threads}
+            row = {"model": key, "threads": threads, "repeats": repeats, "rounds": rounds}
             for stat, f in STATISTICS.items():
                 values = [f(s) for s in got]
                 row[stat] = {"ms": values, "spread": max(values) / min(values) - 1}
             results.append(row)
-            print(f"| {key} | {threads} | " + " | ".join(
+            print(f"| {key} | {threads} | {repeats}/{rounds} | " + " | ".join(
                 f"{min(row[s]['ms']):.3f}–{max(row[s]['ms']):.3f} ms ({100 * row[s]['spread']:.1f}%)"
                 for s in STATISTICS) + " |", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
