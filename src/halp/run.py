@@ -235,19 +235,25 @@ def _verify_on_device(
     """
     from dataclasses import replace
 
-    from halp.latency import measure_many
+    import numpy as np
+
     from halp.train import train
 
     budget = pruner.final_ms / pruner.dense_ms  # the budget as a ratio of dense latency
+    measure = ratio_measure(recipe, dense, example)
     records: list[dict[str, Any]] = []
     for attempt in range(recipe.corrections + 1):
         slim = pruner.finalize().eval()
-        a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
-                            repeats=recipe.measure_repeats)
-        ratio = b.latency_ms / a.latency_ms
+        ratio = measure(slim)
         record = {"attempt": attempt, "measured_ratio": ratio, "budget_ratio": budget,
                   "predicted_ms": pruner.predict(pruner.widths())}
         records.append(record)
+        if ratio > budget * (1 + recipe.correction_tolerance) and attempt < recipe.corrections:
+            # a miss must be confirmed before pruning a fine-tuned network again: on a shared VM one
+            # measurement of a ratio can read 10% high (docs/results.md); the median of three decides
+            again = [ratio, measure(slim), measure(slim)]
+            ratio = record["measured_ratio"] = float(np.median(again))
+            record["measurements"] = again
         if ratio <= budget * (1 + recipe.correction_tolerance) or attempt == recipe.corrections:
             break
         target = record["predicted_ms"] * budget / ratio * (1 - recipe.correction_tolerance / 2)
