@@ -493,7 +493,7 @@ def measure(models: list[nn.Module], x: torch.Tensor, p: Preset, backend: str = 
     be = robust_backend(backend, p.threads)
     stats = measure_many([m.eval() for m in models], x, backend=be, threads=p.threads,
                          repeats=repeats or p.measure_repeats, rounds=p.measure_rounds)
-    return [s.median_ms for s in stats]
+    return [s.latency_ms for s in stats]
 
 
 def measure_joint(models: list[nn.Module], x: torch.Tensor, p: Preset, backend: str = "torch-cpu",

@@ -46,6 +46,7 @@ from halp.latency.predict import split_features
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
 DEFAULT_THREADS = 2  # the issue's setting; another thread count gets its own docs section and files
+DEFAULT_MODELS = ["resnet50", "mobilenet_v2"]  # another model list or --size gets its own docs section and files
 DEFAULT_GUARD = 0.0  # halp.profile's default (no speed guard); --guard R guards the table and the measurements
 
 
@@ -246,6 +247,8 @@ def variant_labels(args: argparse.Namespace) -> list[tuple[str, str]]:
     """``(docs title part, file name part)`` for every option that differs from the default measurement, in
     one place so that each kind of run gets its own docs section and its own files."""
     labels = []
+    if list(args.models) != DEFAULT_MODELS or args.size != 224:
+        labels.append((f", {' + '.join(args.models)} at {args.size}²", f"_{'-'.join(args.models)}_{args.size}"))
     if args.clock != "wall":
         labels.append((f", {args.threads} thread(s), {args.clock} clock (diagnostic)", f"_{args.clock}clock"))
     elif args.threads != DEFAULT_THREADS:
@@ -344,7 +347,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     ap.add_argument("--variants", type=int, default=30)
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     ap.add_argument("--batch", type=int, default=1)

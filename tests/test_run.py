@@ -39,7 +39,8 @@ def recipe(assets, out, extra=None, **prune) -> Recipe:
         "threads": 1, "prune": {"target": 0.5, "steps": 3, "interval": 3, **prune},
         "train": {"epochs": 1, "lr": 0.02, "batch_size": 64, "warmup_epochs": 0.0, "checkpoint_every": 2,
                   "log_every": 0},
-        "measure_repeats": 3, "plots": True, "out": str(out), "corrections": 0,  # a fake table: no device check
+        "measure_repeats": 3, "plots": True, "out": str(out), "corrections": 0,
+        "feedback_steps": 0,  # a fake table: no device check, no measured feedback (tests below fake the device)
         **extra,
     })
 
@@ -126,9 +127,9 @@ def test_device_check_prunes_further_when_the_measured_ratio_misses(assets, tmp_
 
     calls = []
 
-    def fake_measure(models, *args, **kwargs):  # dense 10 ms; the slim model 0.9 of dense, then 0.6
+    def fake_measure(models, *args, **kwargs):  # dense 10 ms; the slim model 0.9 of dense (three times), then 0.6
         calls.append(len(models))
-        slim_ms = 9.0 if len(calls) == 1 else 6.0
+        slim_ms = 9.0 if len(calls) <= 3 else 6.0
         return [LatencyStats(10.0, 0.1, 10.0, [10.0]), LatencyStats(slim_ms, 0.1, slim_ms, [slim_ms])]
 
     monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
@@ -136,6 +137,7 @@ def test_device_check_prunes_further_when_the_measured_ratio_misses(assets, tmp_
                  progress=False)
     first, second = report["corrections"]
     assert first["measured_ratio"] == pytest.approx(0.9) and first["budget_ratio"] == pytest.approx(0.7)
+    assert first["measurements"] == pytest.approx([0.9, 0.9, 0.9])  # the miss confirmed before correcting
     # the correction target scales the prediction by the measured miss, and the solve lands under it
     assert first["corrected_target_ms"] == pytest.approx(first["predicted_ms"] * 0.7 / 0.9 * 0.99)
     assert first["corrected_predicted_ms"] <= first["corrected_target_ms"] * (1 + 1e-9)
@@ -160,7 +162,7 @@ def test_library_model_prunes_end_to_end_and_reloads(name, tmp_path):
         "dense_train": {"epochs": 1, "lr": 0.05, "batch_size": 64, "log_every": 0},
         "prune": {"target": 0.8, "steps": 2, "interval": 3},
         "train": {"epochs": 1, "lr": 0.01, "batch_size": 64, "log_every": 0},
-        "measure_repeats": 3, "corrections": 0, "plots": False, "out": str(out)}))
+        "measure_repeats": 3, "corrections": 0, "feedback_steps": 0, "plots": False, "out": str(out)}))
     code = main(["-q", "prune", "--config", str(cfg)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -170,3 +172,47 @@ def test_library_model_prunes_end_to_end_and_reloads(name, tmp_path):
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert slim(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_feedback_lands_the_measured_budget_and_the_report_states_it(assets, tmp_path, monkeypatch):
+    """The last pruning steps measure their slim models (a fake device: cost per weight plus overhead, which
+    the table does not predict) and the schedule ends inside [0.95, 1] x budget measured, no correction."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    def device_ms(m):
+        return 0.3 + 1e-4 * sum(p.numel() for p in m.parameters() if p.dim() == 4)
+
+    def fake_measure(models, *args, **kwargs):
+        return [LatencyStats(v, 0.0, v, [v], [v]) for v in map(device_ms, models)]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    report = run(recipe(assets, tmp_path, extra={"feedback_steps": 2, "corrections": 1}, target=0.6),
+                 progress=False)
+    assert 0.95 * 0.6 <= report["schedule_end_measured_ratio"] <= 0.6
+    assert report["latency_ratio"] == pytest.approx(report["schedule_end_measured_ratio"])
+    assert len(report["corrections"]) == 1  # no correction step was needed
+    assert report["budget_ratio"] == pytest.approx(0.6)
+    assert report["predicted_ratio"] == pytest.approx(report["pruned"]["predicted_ms"] / report["dense"]["predicted_ms"])
+    assert report["steps"][-1]["measured_ratio"] == pytest.approx(report["latency_ratio"])
+    assert "feedback" in report["steps"][-1] and "feedback" not in report["steps"][0]
+    assert "budget 0.600" in (tmp_path / "summary.md").read_text()
+
+
+def test_an_unconfirmed_miss_triggers_no_correction(assets, tmp_path, monkeypatch):
+    """One high reading of the ratio (a noisy shared machine) is outvoted by two that meet the budget."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    readings = iter([9.0, 6.5, 6.8] + [6.6] * 10)
+
+    def fake_measure(models, *args, **kwargs):
+        v = next(readings)
+        return [LatencyStats(10.0, 0.1, 10.0, [10.0]), LatencyStats(v, 0.1, v, [v])]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    report = run(recipe(assets, tmp_path, extra={"corrections": 1, "correction_epochs": 1}, target=0.7),
+                 progress=False)
+    (only,) = report["corrections"]
+    assert only["measurements"] == pytest.approx([0.9, 0.65, 0.68]) and only["measured_ratio"] == pytest.approx(0.68)
+    assert len(report["steps"]) == 3  # no correction step

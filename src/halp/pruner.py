@@ -18,8 +18,9 @@ from torch import nn
 
 from halp.allocation import GroupOffer, StepResult, solve_step
 from halp.config import PruneConfig
-from halp.verify import build_graph
+from halp.feedback import DeviceFeedback
 from halp.graph.capture import normalize_inputs
+from halp.verify import build_graph
 from halp.graph.types import ChannelGraph, ChannelGroup
 from halp.grouping import block_sizes, group_steps
 from halp.importance import ImportanceAccumulator
@@ -39,6 +40,9 @@ class Pruner:
         example_inputs: inputs at the deployment batch and resolution; the graph and latencies use them.
         table: latency table measured on the target device for this model.
         config: budget, schedule, importance and grouping.
+        feedback: measure the slim models proposed in the last pruning steps on the device and move the
+            targets by the measured miss, so the schedule ends within ``[(1 - band), 1] x`` the budget as
+            *measured* (:mod:`halp.feedback`). None: trust the table (the paper's behaviour).
 
     Raises:
         ValueError: when the table does not cover the model, or the budget is unreachable even with every
@@ -51,8 +55,10 @@ class Pruner:
         example_inputs: torch.Tensor | Sequence[torch.Tensor],
         table: LatencyTable,
         config: PruneConfig | None = None,
+        feedback: DeviceFeedback | None = None,
     ) -> None:
         self.model = model
+        self.feedback = feedback
         self.config = config or PruneConfig()
         self.example_inputs = normalize_inputs(example_inputs)
         self.table = table
@@ -172,7 +178,15 @@ class Pruner:
             values = tuple(float(s[a:b].sum()) for a, b in zip(bounds, bounds[1:]))
             min_blocks = next(i for i, b in enumerate(bounds) if b >= self.min_width[group.name])
             offers.append(GroupOffer(group.name, tuple(sizes), values, min_blocks))
-        result = self._allocate(offers, ranked, scores, target)
+        feedback: list[dict[str, float]] = []
+        loop = self.feedback if self._measured_step(target_ms) else None
+        if loop is not None:
+            result, feedback = loop.run(
+                target / self.dense_ms, self.dense_ms, lambda t: self._allocate(offers, ranked, scores, t),
+                lambda widths: self._slim_at(ranked, widths),
+            )
+        else:
+            result = self._allocate(offers, ranked, scores, target)
         total = sum(float(scores[g].sum()) for g in scores) or 1.0
         kept_importance = 0.0
         for group in self.groups:
@@ -192,6 +206,7 @@ class Pruner:
                 "solves": result.solves,
                 "skipped_batches": self.importance.skipped,
                 "widths": dict(result.widths),
+                **({"feedback": feedback, "measured_ratio": loop.lookup(result.widths)} if loop else {}),
             }
         )
         log.info(
@@ -202,6 +217,16 @@ class Pruner:
         self.pruning_step += 1
         self.importance.reset()
         return result
+
+    def _measured_step(self, target_ms: float | None) -> bool:
+        """Is this a schedule step the device feedback measures (the last ``feedback.steps``)?"""
+        return (self.feedback is not None and target_ms is None
+                and self.pruning_step >= self.config.steps - self.feedback.steps)
+
+    def _slim_at(self, ranked: dict[str, torch.Tensor], widths: dict[str, int]) -> nn.Module:
+        """The slim model keeping the ``widths[g]`` best-ranked channels of each group (for measuring)."""
+        keep = {n: torch.sort(ranked[n][:w]).values for n, w in widths.items() if w < self.graph.group(n).channels}
+        return prune_channels(self.model, self.graph, keep).eval()
 
     def _allocate(
         self,
@@ -262,6 +287,7 @@ class Pruner:
             "keep": {n: k.clone() for n, k in self.keep.items()},
             "importance": self.importance.state_dict(),
             "history": list(self.history),
+            "feedback_correction": None if self.feedback is None else self.feedback.correction,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -280,6 +306,8 @@ class Pruner:
             self.keep[name] = idx.clone().long()
         self.importance.load_state_dict(state["importance"])
         self.history = list(state["history"])
+        if self.feedback is not None and state.get("feedback_correction") is not None:
+            self.feedback.correction = float(state["feedback_correction"])
         self.apply_masks()
 
 

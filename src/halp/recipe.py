@@ -46,6 +46,10 @@ class Recipe:
             when the measured ratio misses the budget by more than ``correction_tolerance``, up to this many
             correction steps prune further (target scaled by the measured miss) and fine-tune
             ``correction_epochs`` more. 0 trusts the table alone (the paper's behaviour).
+        feedback_steps: the last this many pruning steps measure the slim models the solver proposes on
+            this device and move their targets by the measured miss (:mod:`halp.feedback`), so the schedule
+            ends within ``[(1 - feedback_band), 1] x`` the budget as measured; 0 trusts the table. HALP only
+            (the baselines keep their own targets).
         out: the output directory.
     """
 
@@ -68,6 +72,8 @@ class Recipe:
     corrections: int = 1
     correction_tolerance: float = 0.02
     correction_epochs: int = 2
+    feedback_steps: int = 2
+    feedback_band: float = 0.05
     plots: bool = True
     out: str = "runs/halp"
 
@@ -80,6 +86,10 @@ class Recipe:
             raise ValueError(f"corrections must be a non-negative integer, got {self.corrections!r}")
         if not 0 <= self.correction_tolerance < 1:
             raise ValueError(f"correction_tolerance must be in [0, 1), got {self.correction_tolerance}")
+        if not isinstance(self.feedback_steps, int) or isinstance(self.feedback_steps, bool) or self.feedback_steps < 0:
+            raise ValueError(f"feedback_steps must be a non-negative integer (0: off), got {self.feedback_steps!r}")
+        if not 0 < self.feedback_band < 1:
+            raise ValueError(f"feedback_band must be a fraction in (0, 1), e.g. 0.05, got {self.feedback_band!r}")
         if not 0 < self.flops_target <= 1:
             raise ValueError(f"flops_target must be in (0, 1], got {self.flops_target}")
         # validate the nested configs now, not after an hour of dense training

@@ -91,8 +91,22 @@ def _table(recipe: Recipe, model: nn.Module, example: torch.Tensor, out: Path, p
                    progress=progress, name=recipe.model, **dict(recipe.profile))
 
 
-def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table: Any):
+def ratio_measure(recipe: Recipe, dense: nn.Module, example: torch.Tensor):
+    """``slim model -> its latency / the dense model's``, both measured in the same interleaved rounds with
+    halp's statistic (the fastest round's median) on the recipe's backend and threads."""
+    from halp.latency import measure_many
+
+    def measure(slim: nn.Module) -> float:
+        a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
+                            repeats=recipe.measure_repeats)
+        return b.latency_ms / a.latency_ms
+
+    return measure
+
+
+def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table: Any, dense: nn.Module):
     from halp.baselines import FlopsTaylorPruner, UniformPruner
+    from halp.feedback import DeviceFeedback
     from halp.pruner import Pruner
 
     cfg = recipe.prune_config()
@@ -100,7 +114,11 @@ def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table:
         return UniformPruner(model, example, table, cfg)
     if recipe.method == "taylor-flops":
         return FlopsTaylorPruner(model, example, table, cfg, flops_target=recipe.flops_target)
-    return Pruner(model, example, table, cfg)
+    feedback = None
+    if recipe.feedback_steps > 0:
+        feedback = DeviceFeedback(ratio_measure(recipe, dense, example), steps=min(recipe.feedback_steps, cfg.steps),
+                                  band=recipe.feedback_band)
+    return Pruner(model, example, table, cfg, feedback=feedback)
 
 
 def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -127,7 +145,8 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     dense_acc = evaluate(model, test_loader)["accuracy"]
     table = _table(recipe, model, example, out, progress)
 
-    pruner = _make_pruner(recipe, model, example, table)
+    dense = _dense_reference(out)
+    pruner = _make_pruner(recipe, model, example, table, dense)
     spe = len(train_loader)
     needed = pruner.schedule[-1]
     if needed > tcfg.epochs * spe:
@@ -154,7 +173,6 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
                    scheduler=scheduler, test_loader=None, progress=progress)
     hooks.save(result["step"])
 
-    dense = _dense_reference(out)
     corrections = _verify_on_device(recipe, pruner, model, dense, example, train_loader, tcfg, progress)
     model.eval()
     masked_acc = evaluate(model, test_loader)["accuracy"]
@@ -170,17 +188,21 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         method=recipe.method,
         input_shape=list(example.shape),
         target=pruner.config.target if pruner.config.target_ms is None else None,
-        dense={"accuracy": dense_acc, "latency_ms": stats[0].median_ms, "latency_iqr_ms": stats[0].iqr_ms,
+        dense={"accuracy": dense_acc, "latency_ms": stats[0].latency_ms, "latency_iqr_ms": stats[0].iqr_ms,
                "predicted_ms": pruner.dense_ms},
-        pruned={"accuracy": pruned_acc, "masked_accuracy": masked_acc, "latency_ms": stats[1].median_ms,
+        pruned={"accuracy": pruned_acc, "masked_accuracy": masked_acc, "latency_ms": stats[1].latency_ms,
                 "latency_iqr_ms": stats[1].iqr_ms, "predicted_ms": report["predicted_ms"]},
-        latency_ratio=stats[1].median_ms / stats[0].median_ms,
+        latency_ratio=stats[1].latency_ms / stats[0].latency_ms,
+        budget_ratio=pruner.final_ms / pruner.dense_ms,
+        predicted_ratio=report["predicted_ms"] / pruner.dense_ms,
+        schedule_end_measured_ratio=corrections[0]["measured_ratio"] if corrections else None,
+        latency_statistic="fastest round's median (halp.latency.timing)",
         table_meta=dict(table.meta),
         train=result["history"],
         seconds=time.perf_counter() - t_start,
     )
     if is_main_process():
-        save_pruned(slim, out / "pruned", meta={"accuracy": pruned_acc, "latency_ms": stats[1].median_ms})
+        save_pruned(slim, out / "pruned", meta={"accuracy": pruned_acc, "latency_ms": stats[1].latency_ms})
         atomic_write_json(out / "report.json", report)
         (out / "summary.md").write_text(summary_markdown(report))
         if recipe.plots:
@@ -213,19 +235,25 @@ def _verify_on_device(
     """
     from dataclasses import replace
 
-    from halp.latency import measure_many
+    import numpy as np
+
     from halp.train import train
 
     budget = pruner.final_ms / pruner.dense_ms  # the budget as a ratio of dense latency
+    measure = ratio_measure(recipe, dense, example)
     records: list[dict[str, Any]] = []
     for attempt in range(recipe.corrections + 1):
         slim = pruner.finalize().eval()
-        a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
-                            repeats=recipe.measure_repeats)
-        ratio = b.median_ms / a.median_ms
+        ratio = measure(slim)
         record = {"attempt": attempt, "measured_ratio": ratio, "budget_ratio": budget,
                   "predicted_ms": pruner.predict(pruner.widths())}
         records.append(record)
+        if ratio > budget * (1 + recipe.correction_tolerance) and attempt < recipe.corrections:
+            # a miss must be confirmed before pruning a fine-tuned network again: on a shared VM one
+            # measurement of a ratio can read 10% high (docs/results.md); the median of three decides
+            again = [ratio, measure(slim), measure(slim)]
+            ratio = record["measured_ratio"] = float(np.median(again))
+            record["measurements"] = again
         if ratio <= budget * (1 + recipe.correction_tolerance) or attempt == recipe.corrections:
             break
         target = record["predicted_ms"] * budget / ratio * (1 - recipe.correction_tolerance / 2)
@@ -270,7 +298,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| dense | {100 * d['accuracy']:.2f}% | {d['latency_ms']:.3f} | {d['predicted_ms']:.3f} |",
         f"| pruned | {100 * p['accuracy']:.2f}% | {p['latency_ms']:.3f} | {p['predicted_ms']:.3f} |",
         "",
-        f"measured latency ratio pruned/dense: **{report['latency_ratio']:.3f}**",
+        f"latency ratio pruned/dense: budget {report['budget_ratio']:.3f}, predicted "
+        f"{report['predicted_ratio']:.3f}, measured **{report['latency_ratio']:.3f}** (fastest round's median)",
         "",
         "| step | target (ms) | knapsack (ms) | re-predicted (ms) | importance kept | solve (s) |",
         "|---|---|---|---|---|---|",

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import halp
 from halp.latency import predict_from_widths, predict_latency, profile
@@ -301,3 +302,27 @@ def test_a_table_from_before_the_speed_guard_counts_as_unguarded(tiny, fake_back
     assert be.layer_calls == []
     with pytest.raises(ValueError, match="another model or settings"):
         profile(model, x, backend=fake_backend(), path=path, progress=False, guard=1.2, **SETTINGS)
+
+
+def test_profile_calibrates_models_with_grouped_convs(fake_backend):
+    """Calibration variants of a grouped conv keep the same channels in every conv group (a prefix keep,
+    which the surgery refuses for grouped convs, made halp.profile raise on ResNeXt and RegNet)."""
+    from halp.latency.calibrate import calibration_widths, slim_variant
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    table = halp.profile(model, x, backend=fake_backend(), progress=False, grid_points=3, fine_span=0,
+                         calibration_samples=6)
+    graph = halp.build_graph(model, x)
+    grouped = [g for g in graph.prunable_groups if g.blocks > 1]
+    assert grouped, "the test needs a group feeding a grouped conv"
+    variants = calibration_widths(graph, table, 6, 0.25, np.random.default_rng(0))
+    assert len(table.calibration.samples) == 1 + len(variants)
+    for widths in variants:
+        for g in grouped:
+            assert widths[g.name] % g.blocks == 0
+        slim = slim_variant(model, graph, widths)
+        assert slim[3].groups == 4 and slim[3].in_channels == widths[grouped[0].name]

@@ -39,8 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(args.func(args) or 0)
+        with logging_redirect_tqdm():  # log lines go through tqdm.write and leave the progress bars whole
+            return int(args.func(args) or 0)
     except ValueError as exc:  # user errors: say what is wrong, no traceback
         print(f"halp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -65,7 +65,9 @@ def random_widths(
     level = rng.uniform(low, high) if jitter is not None else 0.0
     widths = {}
     for g in graph.prunable_groups:
-        m = max(int(g.multiple_of), 1, int((steps or {}).get(g.name, 1)))
+        # grouped convs: a multiple of the conv groups (and of the latency step, when aligned)
+        m = int(np.lcm.reduce([max(int(g.multiple_of), 1), max(int(g.blocks), 1),
+                               max(int((steps or {}).get(g.name, 1)), 1)]))
         if jitter is None:
             frac = rng.uniform(low, high)
         else:
@@ -76,12 +78,12 @@ def random_widths(
 
 
 def slim_variant(model: nn.Module, graph: ChannelGraph, widths: Mapping[str, int]) -> nn.Module:
-    """A physically slimmed copy of ``model`` keeping the first ``widths[g]`` channels of each group
-    (which channels does not matter for latency)."""
-    from halp.surgery import prune_channels
+    """A physically slimmed copy of ``model`` keeping ``widths[g]`` channels of each group (which channels
+    does not matter for latency; the lowest, balanced across conv groups so grouped convs accept them)."""
+    from halp.surgery import keep_from_widths, prune_channels
 
-    keep = {g: torch.arange(int(w)) for g, w in widths.items() if int(w) < graph.group(g).channels}
-    return prune_channels(model, graph, keep)
+    slim = {g: int(w) for g, w in widths.items() if int(w) < graph.group(g).channels}
+    return prune_channels(model, graph, keep_from_widths(graph, None, slim))
 
 
 def widths_hash(widths: Mapping[str, int]) -> str:

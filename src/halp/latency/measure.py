@@ -1,7 +1,8 @@
 """``halp.measure_latency``: the end-to-end measurement behind every figure.
 
 It runs the network as users would (eager torch on CPU or CUDA, or the ONNX export in ONNX Runtime),
-under inference mode, after generous warm-up, and reports robust statistics rather than one number.
+under inference mode, after generous warm-up, in rounds, and reports the fastest round's median as the
+latency (``float(stats)``, ``stats.latency_ms``; see :mod:`halp.latency.timing` for why that statistic).
 The model is left exactly as it was (train/eval flags restored; copies made when the backend needs
 another device or dtype).
 """
@@ -24,10 +25,10 @@ def measure_latency(
     backend: str | Backend = "torch-cpu",
     threads: int | None = None,
     warmup: int = 10,
-    repeats: int = 30,
+    repeats: int = 40,
     *,
     dtype: str = "float32",
-    rounds: int = 1,
+    rounds: int = 8,
     clock: str = "wall",
     guard: float | None = None,
     calibration_data: Any = None,
@@ -42,8 +43,7 @@ def measure_latency(
         warmup: warm-up forwards (at least; warm-up also lasts at least 0.2 s).
         repeats: timed forwards.
         dtype: precision to run in (torch backends).
-        rounds: split the repeats into this many rounds (only matters when comparing several models;
-            see :func:`measure_many`).
+        rounds: split the repeats into this many rounds; the latency is the fastest round's median.
         clock: ``"wall"`` (latency) or ``"thread"`` (CPU time of the calling thread, threads=1 only: a
             diagnostic on shared machines, see :class:`TimingSettings`).
         guard: on a CPU backend, a slowdown ratio (e.g. 1.2): a block of forwards during which a probe
@@ -53,7 +53,8 @@ def measure_latency(
             example inputs, which suffice for latency).
 
     Returns:
-        median, interquartile range, mean and all samples, in ms; ``float(stats)`` is the median.
+        the latency (``latency_ms``, also ``float(stats)``), median, interquartile range, mean, all samples
+        and each round's median, in ms.
     """
     return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds,
                         clock=clock, guard=guard, calibration_data=calibration_data)[0]
@@ -65,17 +66,19 @@ def measure_many(
     backend: str | Backend = "torch-cpu",
     threads: int | None = None,
     warmup: int = 10,
-    repeats: int = 30,
+    repeats: int = 40,
     *,
     dtype: str = "float32",
-    rounds: int = 5,
+    rounds: int = 8,
     clock: str = "wall",
     guard: float | None = None,
     calibration_data: Any = None,
 ) -> list[LatencyStats]:
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
 
-    Use this whenever latencies are compared (dense vs pruned, predicted vs measured).
+    Use this whenever latencies are compared (dense vs pruned, predicted vs measured). Each model's latency
+    is its fastest round's median; the rounds alternate the models, so a ratio of two latencies compares
+    them at the same speed of the machine.
     """
     if not models:
         raise ValueError("measure_many needs at least one model")
@@ -90,4 +93,4 @@ def measure_many(
     if guard is not None and not guard > 1.0:
         raise ValueError(f"guard must be a slowdown ratio > 1 (e.g. 1.2) or None, got {guard!r}")
     with be, be.guarded(guard_for(be.name, guard) or be.guard):
-        return be.time_models(models, as_inputs(example_inputs), rounds=rounds)
+        return be.time_models(models, as_inputs(example_inputs), rounds=min(rounds, repeats))

@@ -1,0 +1,141 @@
+"""Closing the loop on the device: the last pruning steps measure the slim models the solver proposes.
+
+A latency table predicts; only the device says what a slim network costs. Measured on this project's CPU,
+a table's prediction of the schedule's final slim model was off by up to 18% (the demo measured 0.59 x
+dense where the table said 0.50), from effects a per-layer table cannot see (oneDNN's channel-alignment
+sawtooth, in-network cache effects, per-op overhead; HALP-SPEC section 6). Correcting *after* the schedule
+prunes a fine-tuned network once more and costs accuracy (the demo lost 4.2 points that way).
+
+So the last ``steps`` pruning steps run a closed loop: solve the knapsack for a target, build the slim
+model it proposes, measure it against the dense model, and move the target by the measured miss until
+the measured ratio lands in ``[(1 - band), 1] x`` the step's ratio. The factor ``measured / predicted``
+learned at one step seeds the next, so the final step usually needs one or two measurements. Every width
+combination measured is remembered, so the loop never measures one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+#: slim model at the proposed widths -> its latency measured as a fraction of the dense model's
+RatioMeasure = Callable[[Any], float]
+
+
+@dataclass
+class DeviceFeedback:
+    """Settings and memory of the closed loop (hand one to :class:`halp.pruner.Pruner`).
+
+    Attributes:
+        measure: measures a slim model and returns its latency over the dense model's, both taken with
+            halp's one statistic in the same interleaved rounds (:func:`halp.latency.measure_many`).
+        steps: how many of the schedule's last pruning steps are measured (the last one always lands
+            the budget; earlier ones teach the loop the table's error before the final step).
+        band: the final measured ratio aims at ``[(1 - band), 1] x budget``.
+        attempts: most solves (each one measurement) per measured step.
+        correction: measured / predicted ratio learned so far (1: trust the table).
+        measured: measured ratio per width combination (the loop's memory; also in the report).
+    """
+
+    measure: RatioMeasure
+    steps: int = 2
+    band: float = 0.05
+    attempts: int = 5
+    correction: float = 1.0
+    measured: dict[tuple[tuple[str, int], ...], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"feedback steps must be a positive integer (0 steps: pass no feedback), got {self.steps!r}")
+        if not 0.0 < self.band < 1.0:
+            raise ValueError(f"feedback band must be a fraction in (0, 1), e.g. 0.05, got {self.band!r}")
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"feedback attempts must be a positive integer, got {self.attempts!r}")
+
+    @staticmethod
+    def _key(widths: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted((str(k), int(v)) for k, v in widths.items()))
+
+    def lookup(self, widths: Mapping[str, int]) -> float | None:
+        """The measured ratio of these widths, if the loop measured them."""
+        return self.measured.get(self._key(widths))
+
+    def ratio_of(self, widths: Mapping[str, int], build: Callable[[Mapping[str, int]], Any]) -> float:
+        """Measured ratio of ``widths`` (built by ``build`` and measured once; remembered after)."""
+        key = self._key(widths)
+        if key not in self.measured:
+            self.measured[key] = float(self.measure(build(widths)))
+        return self.measured[key]
+
+    def run(
+        self,
+        goal_ratio: float,
+        dense_ms: float,
+        solve: Callable[[float], Any],
+        build: Callable[[Mapping[str, int]], Any],
+    ) -> tuple[Any, list[dict[str, float]]]:
+        """Solve until the measured ratio lands in the band under ``goal_ratio``.
+
+        Args:
+            goal_ratio: the step's target as a fraction of the dense latency.
+            dense_ms: the dense latency the table predicts (targets are in the table's milliseconds).
+            solve: ``solve(target_ms) -> StepResult`` (the knapsack with refinement).
+            build: ``build(widths) -> slim model`` to measure.
+
+        Returns:
+            the chosen solve and one record per attempt (target, predicted and measured ratios).
+        """
+        lo, hi = (1.0 - self.band) * goal_ratio, goal_ratio
+        aim = (1.0 - self.band / 2) * goal_ratio
+        target = aim * dense_ms / self.correction
+        tried: list[tuple[float, Any, float]] = []  # (target_ms, result, measured ratio)
+        records: list[dict[str, float]] = []
+        for _ in range(self.attempts):
+            try:
+                result = solve(target)
+            except ValueError as exc:  # below the smallest network the config allows
+                log.info("feedback: target %.4g ms not reachable (%s)", target, exc)
+                break
+            measured = self.ratio_of(result.widths, build)
+            predicted = result.predicted_ms / dense_ms
+            tried.append((target, result, measured))
+            records.append({"target_ms": target, "predicted_ratio": predicted, "measured_ratio": measured})
+            if predicted > 0:
+                self.correction = measured / predicted
+            log.info("feedback: target %.4g ms -> predicted %.3f, measured %.3f x dense (goal %.3f)",
+                     target, predicted, measured, goal_ratio)
+            if lo <= measured <= hi:
+                break
+            target = self._next_target(tried, aim)
+            if any(math.isclose(target, t, rel_tol=1e-4) for t, _, _ in tried):
+                break
+        if not tried:
+            return solve(goal_ratio * dense_ms), records
+        return self._choose(tried, lo, hi), records
+
+    @staticmethod
+    def _next_target(tried: list[tuple[float, Any, float]], aim: float) -> float:
+        """Interpolates between the nearest attempts that bracket ``aim`` (log scale), else scales the last."""
+        below = [(t, m) for t, _, m in tried if m <= aim]
+        above = [(t, m) for t, _, m in tried if m > aim]
+        if below and above:
+            (t0, m0), (t1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+            if m1 > m0:
+                f = (math.log(aim) - math.log(m0)) / (math.log(m1) - math.log(m0))
+                return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+            return 0.5 * (t0 + t1)
+        t, _, m = tried[-1]
+        return t * aim / m
+
+    @staticmethod
+    def _choose(tried: list[tuple[float, Any, float]], lo: float, hi: float) -> Any:
+        """In the band: the largest measured ratio (most channels kept); else the largest under the goal;
+        else the fastest."""
+        inside = [p for p in tried if lo <= p[2] <= hi]
+        under = [p for p in tried if p[2] <= hi]
+        pick = max(inside or under, key=lambda p: p[2]) if (inside or under) else min(tried, key=lambda p: p[2])
+        return pick[1]
