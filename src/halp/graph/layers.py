@@ -298,7 +298,7 @@ def matmul(ctx: OpContext) -> Value | None:
             ctx.fix(b, f"{ctx.describe()} would have two channel axes")
     elif b.chan is not None and b.axis < nb - 2:
         ctx.fix(b, f"{ctx.describe()} broadcasts the channels as a batch axis")
-    if first and (bias := ctx.tensor(ctx.arg(0))) is not None and out_chan is not None:
+    if first and ctx.tensor(ctx.arg(0)) is not None and out_chan is not None:
         ctx.fix(TensorVal(out_shape, a.dtype, out_chan, out_axis), f"{ctx.describe()} adds a bias to the product")
     out = ctx.output(out_chan, out_axis)
     ctx.other("matmul", a, out)

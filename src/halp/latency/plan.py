@@ -16,7 +16,7 @@ import numpy as np
 
 from halp.graph.types import ChannelGraph, LayerShape, Slice
 from halp.latency.ops import canonical_kind
-from halp.latency.table import entry_id
+from halp.latency.entries import entry_id
 
 
 @dataclass

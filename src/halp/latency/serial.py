@@ -11,14 +11,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from halp.graph.types import LayerShape
 
-if TYPE_CHECKING:
-    from halp.latency.table import Calibration, LatencyTable, LayerEntry, OpModel
+from halp.latency.entries import Calibration, LayerEntry, OpModel
 
 META_FIELDS = {"backend": str, "device": str, "batch": int, "dtype": str, "threads": int, "date": str, "settings": dict}
 
@@ -69,7 +68,7 @@ def _ints(a: np.ndarray) -> list[int]:
     return [int(v) for v in np.asarray(a).ravel()]
 
 
-def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, Any]:
+def table_to_dict(table: Any, fmt: str, version: int) -> dict[str, Any]:
     entries = []
     for e in table.entries:
         entries.append({
@@ -98,8 +97,6 @@ def table_to_dict(table: "LatencyTable", fmt: str, version: int) -> dict[str, An
 def table_from_dict(
     data: Any, source: str, fmt: str, version: int
 ) -> tuple[dict[str, Any], list["LayerEntry"], dict[str, "OpModel"], "Calibration"]:
-    from halp.latency.table import Calibration, LayerEntry, OpModel
-
     def fail(what: str) -> ValueError:
         return ValueError(f"latency table {source}: {what}; re-profile to rebuild it (`halp profile ...`)")
 
