@@ -26,13 +26,14 @@ import _experiment as ex  # noqa: E402
 
 EXPERIMENT = "hardware"
 
-# The FP32 + INT8 matrix of issue 15 (``--matrix``): digits_resnet (few wide layers) at 64x64, so that channel
+# The FP32 + INT8 matrix of issue 15 (``--matrix``): digits_resnet (few wide layers: 7 convolutions, ~150 M MACs
+# at 32x32, ~4x ResNet-20 in a third of its layers), so that channel
 # counts rather than per-op overhead set the latency on every backend (ResNet-20 at 32x32 is overhead-bound
 # on openvino-int8); one seed, budget 0.5, the same coarse profile grid for every table.
 MATRIX = ex.replace(
     ex.QUICK, name="matrix", ablation_models=("digits_resnet",), ablation_task="digits", ablation_seeds=(0,),
-    hardware_budget=0.5, dense_epochs=6, finetune_epochs=2, batch_size=32, dense_lr=0.05, steps=8,
-    data_kw={"size": 64}, per_model={}, profile={"grid_points": 8, "fine_span": 32}, measure_repeats=30,
+    hardware_budget=0.5, dense_epochs=20, finetune_epochs=3, batch_size=32, dense_lr=0.05, steps=8,
+    data_kw={"size": 32}, per_model={}, profile={"grid_points": 8, "fine_span": 32}, measure_repeats=30,
     measure_rounds=8,
 )
 MATRIX_BACKENDS = ["torch-cpu", "openvino", "openvino-int8"]
@@ -46,7 +47,7 @@ def table_settings(p: ex.Preset, backend: str) -> dict[str, Any]:
     return dict(p.profile)
 
 
-def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str]) -> dict[str, Any]:
+def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str], prepare: bool = False) -> dict[str, Any]:
     from halp.latency import predict_from_widths
     from halp.pruner import Pruner
 
@@ -67,14 +68,6 @@ def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str]) -> dict
 
         cells[b] = store.run({**base, "table": b}, compute)
     ok = [b for b in backends if "model_dir" in cells[b]]
-    measured = {}
-    for on in backends:
-        def joint(on: str = on) -> dict[str, Any]:
-            models = [ctx.dense] + [ex.load_slim(ex.ROOT / cells[b]["model_dir"]) for b in ok]
-            ms = ex.measure_joint(models, ctx.x, p, backend=on)
-            return {"dense_ms": ms[0], "latency_ms": dict(zip(ok, ms[1:]))}
-
-        measured[on] = store.run({**base, "measure_on": on, "models": ok}, joint)
     deployed = {}
     if INT8_TARGET in backends:  # Fig. 15: every model deployed INT8, its top-1 on the test split
         for b in ["dense"] + ok:
@@ -83,6 +76,16 @@ def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str]) -> dict
                 return int8_accuracy(ctx, model, INT8_TARGET)
 
             deployed[b] = store.run({**base, "int8_deploy": INT8_TARGET, "table": b}, deploy)
+    if prepare:
+        return {}
+    measured = {}
+    for on in backends:
+        def joint(on: str = on) -> dict[str, Any]:
+            models = [ctx.dense] + [ex.load_slim(ex.ROOT / cells[b]["model_dir"]) for b in ok]
+            ms = ex.measure_joint(models, ctx.x, p, backend=on)
+            return {"dense_ms": ms[0], "latency_ms": dict(zip(ok, ms[1:]))}
+
+        measured[on] = store.run({**base, "measure_on": on, "models": ok}, joint)
     rows = []
     for b in backends:
         c = cells[b]
@@ -244,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matrix", action="store_true",
                     help="issue 15's FP32 + INT8 matrix: digits_resnet at 64x64, budget 0.5, one seed; default "
                          f"backends {' '.join(MATRIX_BACKENDS)}; INT8 deployment accuracy (Fig. 15)")
+    ap.add_argument("--prepare", action="store_true",
+                    help="train, profile, prune and score INT8 accuracy only (cached); a later run without it "
+                         "takes the side-by-side measurements (the only step that must hold the exclusive lock "
+                         "when the tables were profiled earlier)")
     ap.add_argument("--backends", nargs="+", default=None,
                     help="tables to prune with and backends to measure on (also openvino, onnxruntime-int8, "
                          "openvino-int8: the Figs. 3/14 matrix with FP32 and INT8 tables)")
@@ -261,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in p.ablation_models:
         for seed in p.ablation_seeds:
-            results.append(run_model(store, ex.Context(model, p.ablation_task, seed, p), backends))
+            results.append(run_model(store, ex.Context(model, p.ablation_task, seed, p), backends, args.prepare))
+    if args.prepare:
+        return 0
     stem = "hardware" if backends == ["torch-cpu", "onnxruntime"] else "hardware_" + "_".join(backends)
     if args.matrix:
         stem = "hardware_matrix_" + "_".join(backends)
