@@ -79,6 +79,7 @@ class Preset:
     threads: int = 2
     protect_stem: bool = False
     per_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    data_kw: Mapping[str, Any] = field(default_factory=dict)  # data set options (e.g. digits ``size``)
     skip: tuple[tuple[str, str], ...] = ()  # (model, task) pairs of models × tasks this preset does not run
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -96,12 +97,14 @@ class Preset:
     def tag(self) -> str:
         """Names what the dense models were trained with (dense caches are shared across presets
         only when these agree)."""
-        return f"n{self.n_train or 'all'}-e{self.dense_epochs}-b{self.batch_size}-lr{self.dense_lr:g}"
+        data = "".join(f"-{k}{v}" for k, v in sorted(self.data_kw.items()))  # empty: the old keys stay valid
+        return f"n{self.n_train or 'all'}-e{self.dense_epochs}-b{self.batch_size}-lr{self.dense_lr:g}{data}"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["profile"] = dict(self.profile)
         out["per_model"] = {k: dict(v) for k, v in self.per_model.items()}
+        out["data_kw"] = dict(self.data_kw)
         return out
 
 
@@ -263,7 +266,7 @@ def loaders(task: str, p: Preset, seed: int) -> tuple[Any, Any, Any]:
     """Train and test loaders; the train split is limited to ``p.n_train`` where the data set allows."""
     from halp import data
 
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = dict(p.data_kw)
     if p.n_train is not None and task == "shapes10":
         kw["n_train"] = p.n_train
     return data.make_loaders(task, p.batch_size, seed=seed, eval_batch_size=256, **kw)
@@ -601,7 +604,7 @@ def std(values: Iterable[float]) -> float:
 
 
 __all__ = [
-    "CellStore", "FULL", "cells_path", "open_cells", "Match", "Preset", "QUICK", "RESULTS", "ROOT", "add_common_args", "calibration_batches",
+    "CellStore", "FULL", "replace", "cells_path", "open_cells", "Match", "Preset", "QUICK", "RESULTS", "ROOT", "add_common_args", "calibration_batches",
     "dense_accuracy", "dense_model", "example_input", "record_dense", "finetune", "latency_table", "loaders", "machine", "match_knob",
     "measure", "measure_joint", "model_stats", "preset", "schedule", "setup", "slim_copy", "write_json",
 ]

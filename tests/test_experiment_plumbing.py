@@ -233,3 +233,23 @@ def test_quick_grid_covers_both_models_and_tasks_less_the_skipped_pair() -> None
     narrowed = dataclasses.replace(ex.QUICK, models=("mobilenet_v2_cifar",))
     assert narrowed.pairs() == [("mobilenet_v2_cifar", "shapes10")]
     assert ex.FULL.pairs() == [(m, t) for m in ex.FULL.models for t in ex.FULL.tasks]  # the full grid skips nothing
+
+
+def test_data_options_reach_the_loaders_and_the_dense_cache_key() -> None:
+    """The hardware matrix trains digits at 64x64: the size must reach the data set and separate the dense
+    cache from the 32x32 models, while presets without data options keep their old cache keys."""
+    p = dataclasses.replace(ex.SMOKE, data_kw={"size": 64})
+    assert ex.SMOKE.tag() == "n1024-e1-b32-lr0.1" and p.tag() == "n1024-e1-b32-lr0.1-size64"
+    _, test, info = ex.loaders("digits", p, 0)
+    assert info.input_size == (1, 64, 64) and next(iter(test))[0].shape[1:] == (1, 64, 64)
+    assert p.to_dict()["data_kw"] == {"size": 64}
+
+
+def test_hardware_verdict_names_the_fastest_model_per_backend() -> None:
+    import hardware
+
+    rows = [{"pruned_with": "a", "latency_ms@a": 1.0, "latency_ms@b": 3.0},
+            {"pruned_with": "b", "latency_ms@a": 2.0, "latency_ms@b": 4.0}]
+    text = hardware.verdict([{"rows": rows}], ["a", "b"])
+    assert "on a: fastest is the a table's model (its own: claim holds)" in text
+    assert "on b: fastest is the a table's model; its own table's model is 33.3% slower (claim fails here)" in text
