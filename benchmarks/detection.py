@@ -6,14 +6,20 @@ so that only the timing phases need the machine to itself:
 
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase dense    # train dense detectors
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase profile  # latency table (timing)
-    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase prune    # HALP / uniform + fine-tune
-    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase halp     # HALP prune + fine-tune
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase match    # uniform width vs HALP, measured
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase uniform  # uniform prune + fine-tune
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side; figure
 
-Every phase reuses what an earlier one left in ``--work`` (checkpoints, table, slim models), so a
-killed run is resumed by running the phase again. ``measure`` writes ``--out`` as a list of
-``{"model", "method", "budget", "seed", "map50", "map", "latency_ms", ...}`` (``budget`` null for dense).
-Uniform scaling is matched to HALP's *predicted* latency in ``prune``; ``measure`` records both measured
-latencies and the ratio, which the acceptance wants within 2%. ``--quick`` shrinks everything to check
+(``benchmarks/detection_run.sh`` runs them all in that order.) Every phase reuses what an earlier one
+left in ``--work`` (checkpoints, table, slim models), so a killed run is resumed by running the phase
+again. ``measure`` writes ``--out`` as a list of ``{"model", "method", "budget", "seed", "map50", "map",
+"latency_ms", ...}`` (``budget`` null for dense) and the figure (mAP@0.5 vs measured latency) next to it.
+
+Uniform width scaling is matched to HALP's *measured* latency: ``match`` bisects the width multiplier,
+measuring each candidate slim network interleaved with HALP's (``measure_many``), until the measured
+ratio is within ``--match-tol`` (2%); the uniform fine-tune then prunes to that multiplier's widths
+with the same schedule, steps and learning rate as HALP's. ``--quick`` shrinks everything to check
 the pipeline in minutes (its numbers mean nothing).
 """
 
@@ -40,6 +46,7 @@ from halp.detection.core import postprocess, preprocess
 from halp.detection.models import INPUT_SIZE
 from halp.latency import LatencyTable, measure_many
 from halp.serialize import load_pruned, save_pruned
+from halp.surgery import keep_from_widths, prune_channels
 from halp.train import TrainConfig
 
 log = logging.getLogger("benchmarks.detection")
@@ -48,7 +55,7 @@ logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evalu
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=["dense", "profile", "prune", "measure"], required=True)
+    p.add_argument("--phase", choices=["dense", "profile", "halp", "match", "uniform", "measure"], required=True)
     p.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
@@ -62,6 +69,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="cache folder of the generated shapes-voc tree")
     p.add_argument("--work", type=Path, default=Path("runs/detection"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.json"))
+    p.add_argument("--match-clock", default="wall", choices=["wall", "thread"],
+                   help="clock of the match and measure timings; thread (CPU time, 1 thread) resists other jobs")
+    p.add_argument("--match-tol", type=float, default=0.02, help="uniform vs HALP measured latency, relative")
+    p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
+    p.add_argument("--profile-statistic", default="median", help="median, or p10 on a machine shared with other jobs")
     p.add_argument("--quick", action="store_true", help="tiny data, epochs and profile: a pipeline check")
     a = p.parse_args(argv)
     if a.quick:
@@ -109,8 +121,10 @@ def phase_dense(a: argparse.Namespace) -> None:
 def phase_profile(a: argparse.Namespace) -> None:
     _, _, info = _loaders(a)
     core = DetectorCore(_dense(a, a.seeds[0], info)).eval()
-    quick = dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else {}
-    halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **quick)
+    settings = (dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else
+                dict(grid_points=a.profile_grid, fine_span=0, repeats=7, min_time_ms=15.0, calibration_samples=8,
+                     e2e_repeats=15, statistic=a.profile_statistic))
+    halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **settings)
 
 
 class _Hooks:
@@ -147,16 +161,61 @@ def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, tar
     return rec
 
 
-def phase_prune(a: argparse.Namespace) -> None:
+def phase_halp(a: argparse.Namespace) -> None:
     loaders = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     for seed in a.seeds:
         for budget in a.budgets:
-            done = a.work / f"halp-{budget}-seed{seed}" / "result.json"
-            rec = json.loads(done.read_text()) if done.is_file() else _prune_one(a, seed, "halp", budget, None,
-                                                                              loaders, table)
+            if not (a.work / f"halp-{budget}-seed{seed}" / "result.json").is_file():
+                _prune_one(a, seed, "halp", budget, None, loaders, table)
+
+
+def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace) -> float:
+    stats = measure_many([reference, model], _example(a), threads=a.threads, repeats=15, rounds=6, clock=a.match_clock)
+    return float(stats[1]) / float(stats[0])
+
+
+def phase_match(a: argparse.Namespace) -> None:
+    """Bisect the uniform width multiplier until its slim network measures within ``--match-tol`` of HALP's."""
+    _, _, info = _loaders(a)
+    table = LatencyTable.load(a.work / "table.json")
+    path = a.work / "match.json"
+    matches = json.loads(path.read_text()) if path.is_file() else {}
+    for seed in a.seeds:
+        dense_core = DetectorCore(_dense(a, seed, info)).eval()
+        for budget in a.budgets:
+            key = f"{budget}-seed{seed}"
+            if key in matches:
+                continue
+            halp_slim = load_pruned(a.work / f"halp-{budget}-seed{seed}", model=copy.deepcopy(dense_core)).eval()
+            up = UniformPruner(dense_core, _example(a), table, PruneConfig(target=budget))
+            lo, hi, tries = 0.0, 1.0, []
+            for _ in range(10):
+                m = 0.5 * (lo + hi)
+                widths = up.uniform_widths(m)
+                slim = prune_channels(dense_core, up.graph, keep_from_widths(up.graph, None, widths)).eval()
+                ratio = _measured_ratio(slim, halp_slim, a)
+                tries.append({"multiplier": m, "ratio_to_halp": ratio, "predicted_ms": up.predict(widths)})
+                log.info("match %s: multiplier %.4f -> uniform/halp measured %.4f", key, m, ratio)
+                if abs(ratio - 1.0) <= a.match_tol:
+                    break
+                lo, hi = (m, hi) if ratio < 1.0 else (lo, m)
+            best = min(tries, key=lambda t: abs(t["ratio_to_halp"] - 1.0))
+            matches[key] = {**best, "tries": tries}
+            path.write_text(json.dumps(matches, indent=1))
+
+
+def phase_uniform(a: argparse.Namespace) -> None:
+    loaders = _loaders(a)
+    table = LatencyTable.load(a.work / "table.json")
+    matches = json.loads((a.work / "match.json").read_text())
+    for seed in a.seeds:
+        for budget in a.budgets:
             if not (a.work / f"uniform-{budget}-seed{seed}" / "result.json").is_file():
-                _prune_one(a, seed, "uniform", budget, rec["predicted_ms"], loaders, table)  # same predicted ms
+                # the uniform pruner's last step bisects to the largest multiplier predicted within this
+                # target: the matched multiplier's widths (same predicted latency)
+                target = matches[f"{budget}-seed{seed}"]["predicted_ms"] * (1 + 1e-9)
+                _prune_one(a, seed, "uniform", budget, target, loaders, table)
 
 
 def phase_measure(a: argparse.Namespace) -> None:
@@ -170,11 +229,15 @@ def phase_measure(a: argparse.Namespace) -> None:
         runs = [json.loads(p.read_text()) for p in sorted(a.work.glob(f"*-seed{seed}/result.json"))]
         cores = [load_pruned(a.work / f"{r['method']}-{r['budget']}-seed{seed}", model=copy.deepcopy(dense_core))
                  for r in runs]
-        stats = measure_many([dense_core, *cores], x, threads=a.threads, repeats=30, rounds=5)
+        stats = measure_many([dense_core, *cores], x, threads=a.threads, repeats=30, rounds=5, clock=a.match_clock)
         records.append({"model": a.model, "method": "dense", "budget": None, "seed": seed, "map50": dense_map["map50"],
                         "map": dense_map["map"], "latency_ms": float(stats[0])})
         for r, s in zip(runs, stats[1:]):
             records.append({**r, "latency_ms": float(s), "latency_ratio": float(s) / float(stats[0])})
+        halp_ms = {r["budget"]: r["latency_ms"] for r in records if r["method"] == "halp" and r["seed"] == seed}
+        for r in records:
+            if r["method"] == "uniform" and r["seed"] == seed and r["budget"] in halp_ms:
+                r["matched_ratio_to_halp"] = r["latency_ms"] / halp_ms[r["budget"]]
     # decoding + NMS at batch 1: the fixed cost outside the pruned network, reported apart
     images = [te.dataset[0][0]]
     det.eval()
@@ -191,10 +254,52 @@ def phase_measure(a: argparse.Namespace) -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(records, indent=1))
     (a.out.with_name(a.out.stem + "_meta.json")).write_text(json.dumps(
-        {"postprocess_ms": post_ms, "threads": a.threads, "command": " ".join(sys.argv)}, indent=1))
+        {"postprocess_ms": post_ms, "threads": a.threads, "clock": a.match_clock, "command": " ".join(sys.argv)},
+        indent=1))
+    _figure(records, a.out.with_suffix(".png"))
+    a.out.with_suffix(".md").write_text(_markdown(records, post_ms))
     for r in records:
         print(json.dumps(r))
     print(f"postprocessing (decode + NMS, batch 1): {post_ms:.2f} ms")
+
+
+def _markdown(records: list[dict[str, Any]], post_ms: float) -> str:
+    """The results table for docs/results.md: one row per run, latencies as measured side by side."""
+    lines = ["| method | budget | seed | mAP@0.5 | COCO mAP | measured ms | / dense | predicted ms | uniform / HALP measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        pred = f"{r['predicted_ms']:.2f}" if "predicted_ms" in r else "-"
+        match = f"{r['matched_ratio_to_halp']:.3f}" if "matched_ratio_to_halp" in r else "-"
+        ratio = f"{r.get('latency_ratio', 1.0):.3f}"
+        budget = "-" if r["budget"] is None else f"{r['budget']}"
+        lines.append(f"| {r['method']} | {budget} | {r['seed']} | {r['map50']:.3f} | {r['map']:.3f} | "
+                     f"{r['latency_ms']:.2f} | {ratio} | {pred} | {match} |")
+    lines += ["", f"postprocessing (decode + NMS, batch 1, dense detector): {post_ms:.2f} ms, not in the latencies above"]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(records: list[dict[str, Any]], path: Path) -> None:
+    """mAP@0.5 against measured latency: dense, HALP and uniform (one marker per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method, style in (("dense", "k*"), ("halp", "o-"), ("uniform", "s--")):
+        for seed in sorted({r["seed"] for r in records}):
+            rs = sorted((r for r in records if r["method"] == method and r["seed"] == seed), key=lambda r: r["latency_ms"])
+            if rs:
+                ax.plot([r["latency_ms"] for r in rs], [r["map50"] for r in rs], style, ms=9 if method == "dense" else 6,
+                        label=f"{method} (seed {seed})")
+    ax.set_xlabel("measured latency of the per-image network, batch 1 (ms)")
+    ax.set_ylabel("test mAP@0.5")
+    ax.set_title(f"{records[0]['model']} on shapes-voc")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
-    {"dense": phase_dense, "profile": phase_profile, "prune": phase_prune, "measure": phase_measure}[a.phase](a)
+    {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match, "uniform": phase_uniform,
+     "measure": phase_measure}[a.phase](a)
 
 
 if __name__ == "__main__":

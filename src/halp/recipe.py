@@ -22,6 +22,7 @@ from halp.train import TrainConfig
 log = logging.getLogger(__name__)
 
 METHODS = ("halp", "uniform", "taylor-flops")
+TASKS = ("classification", "detection")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,10 @@ class Recipe:
         weights: a local state dict of that architecture (``.pth``/``.pt``, loaded with
             ``weights_only=True``, or ``.safetensors``) to start from; None trains the dense model first (``dense_train``) or
             reuses ``<out>/dense`` from an earlier run.
-        data: a data set name (``halp.data.list_datasets()``); ``data_root`` its folder.
+        task: ``classification`` or ``detection`` (a torchvision SSD on a detection data set such as
+            ``shapes-voc`` or ``voc``; see :mod:`halp.detection.run`).
+        data: a data set name (``halp.data.list_datasets()``); ``data_root`` its folder; ``data_kwargs``
+            options of its builder (e.g. ``n_train`` for ``shapes-voc``).
         batch: the deployment batch the latency table and budget refer to.
         backend, threads: where latency is profiled and measured.
         table: a latency table file; None profiles this machine now into ``<out>/table.json``.
@@ -56,8 +60,10 @@ class Recipe:
     model: str = "digits_resnet"
     weights: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "classification"
     data: str = "digits"
     data_root: str | None = None
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
     batch: int = 1
     backend: str = "torch-cpu"
     threads: int | None = None
@@ -78,6 +84,10 @@ class Recipe:
     out: str = "runs/halp"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "detection" and self.method == "taylor-flops":
+            raise ValueError("method taylor-flops is not available for --task detection; use halp or uniform")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.batch, int) or self.batch < 1:

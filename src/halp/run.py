@@ -123,6 +123,10 @@ def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table:
 
 def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Runs the recipe and returns the report (also written to ``<out>/report.json``)."""
+    if recipe.task == "detection":
+        from halp.detection.run import run_detection
+
+        return run_detection(recipe, progress=progress)
     from halp import data
     from halp.latency import measure_many
     from halp.serialize import attach_spec, save_pruned

@@ -125,7 +125,9 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     slim = model
     if widths:
         example = torch.zeros(spec["input_shape"])
-        graph = build_graph(model, example)
+        from halp.detection.network import prunable_network
+
+        graph = build_graph(prunable_network(model), example)  # a detector: its per-image network
         keep = {name: torch.arange(w) for name, w in widths.items() if w < graph.group(name).channels}
         slim = prune_channels(model, graph, keep)
     state = load_file(str(Path(path) / WEIGHTS_FILE))

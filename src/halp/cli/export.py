@@ -52,8 +52,16 @@ def run(args: argparse.Namespace) -> int:
     model, size = load_model(args.model, args.num_classes, args.weights)
     x = example_input(size, args.input)
     if not args.int8:
+        from halp.detection.network import is_detector
         from halp.export import export_onnx
 
+        if is_detector(model):
+            # a detector's ONNX graph is its per-image network (backbone + head at a fixed size); its
+            # transform and its postprocessing (decoding, NMS) have data-dependent shapes and stay in Python
+            from halp.detection.network import network_input, prunable_network
+
+            x = network_input(model, int(x.shape[-2]), int(x.shape[-1]), batch=int(x.shape[0]))
+            model = prunable_network(model)
         path = export_onnx(model, x, out, opset=args.opset, dynamic_batch=args.dynamic_batch)
         print(f"wrote {path}")
         return 0

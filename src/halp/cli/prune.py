@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", help="recipe YAML (keys as halp.recipe.Recipe); flags below override it")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP + "; without it the dense model is trained first")
-    p.add_argument("--data", help="data set: digits, shapes10, cifar10, imagefolder")
+    p.add_argument("--task", choices=["classification", "detection"],
+                   help="detection: a torchvision SSD (ssdlite320_mobilenet_v3_large, ssd300_vgg16) on shapes-voc/voc")
+    p.add_argument("--data", help="data set: digits, shapes10, cifar10, imagefolder; detection: shapes-voc, voc")
     p.add_argument("--data-root", help="folder of the data set (cifar10, imagefolder)")
     p.add_argument("--table", help="latency table JSON; default: profile this machine into OUT/table.json")
     p.add_argument("--backend", help="torch-cpu, torch-cuda, onnxruntime, openvino, onnxruntime-int8 or openvino-int8")
@@ -49,7 +51,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     data: dict[str, Any] = {}
     if args.config:
         data = Recipe.from_yaml(args.config).to_dict()
-    simple = {"model": args.model, "weights": args.weights, "data": args.data, "data_root": args.data_root,
+    simple = {"task": args.task, "model": args.model, "weights": args.weights, "data": args.data, "data_root": args.data_root,
               "table": args.table, "backend": args.backend, "threads": args.threads, "batch": args.batch,
               "method": args.method, "out": args.out}
     data.update({k: v for k, v in simple.items() if v is not None})

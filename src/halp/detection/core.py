@@ -132,7 +132,8 @@ def detect(detector: nn.Module, images: Sequence[Tensor] | Tensor, core: Detecto
     """
     ssd = _check_ssd(detector)
     core = core if core is not None else DetectorCore(ssd)
-    modes = [(m, m.training) for m in (ssd, core)]
+    # every module's own flag: a fresh DetectorCore wrapper says training=True whatever its parts are in
+    modes = [(m, m.training) for m in (*ssd.modules(), *core.modules())]
     try:
         ssd.eval()
         core.eval()
@@ -143,7 +144,7 @@ def detect(detector: nn.Module, images: Sequence[Tensor] | Tensor, core: Detecto
         return postprocess(ssd, out["cls_logits"], out["bbox_regression"], batch, shapes, original)
     finally:
         for m, training in modes:
-            m.train(training)
+            m.training = training
 
 
 @torch.no_grad()

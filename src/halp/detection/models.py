@@ -49,9 +49,19 @@ def create_detector(name: str, num_classes: int, *, bn_momentum: float | None = 
             raise ValueError(f"{w} cannot be set: halp builds detectors from scratch (nothing is downloaded)")
     if bn_momentum is not None and not 0.0 < bn_momentum <= 1.0:
         raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
-    det = DETECTORS[key](weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+    from halp.models import create
+
+    # through the model registry, so the detector records ``halp_arch`` and halp.save_pruned can rebuild it
+    det = create(f"torchvision:{key}", num_classes=num_classes + 1, **kwargs)
     if bn_momentum is not None:
-        for m in det.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = bn_momentum
+        set_bn_momentum(det, bn_momentum)
     return det
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Every BatchNorm's running-statistics momentum (not saved in a state dict: set it again after loading)."""
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"bn_momentum must be in (0, 1], got {momentum}")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum

@@ -80,3 +80,21 @@ def network_input(detector: nn.Module, height: int, width: int, batch: int = 1) 
     with torch.no_grad():
         images, _ = detector.transform([torch.zeros(3, height, width) for _ in range(batch)])
     return torch.randn_like(images.tensors)
+
+
+def prunable_network(model: nn.Module) -> nn.Module:
+    """The module the channel graph is built on: a torchvision detector's per-image network, else ``model``.
+
+    For SSD it is :class:`halp.detection.DetectorCore` (the two outputs its loss and postprocessing take),
+    for the other families :func:`per_image_network`; both hold the detector's modules at the detector's
+    names, so a graph of either slims the detector (``halp.prune_channels(detector, graph, keep)``).
+    """
+    if not is_detector(model):
+        return model
+    from torchvision.models.detection.ssd import SSD
+
+    if isinstance(model, SSD):
+        from halp.detection.core import DetectorCore
+
+        return DetectorCore(model)
+    return per_image_network(model)
