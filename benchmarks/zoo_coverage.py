@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 import halp  # noqa: E402
-from halp.verify import masked_vs_slim, random_keep  # noqa: E402
+from halp.verify import masked_vs_slim, random_keep, randomize_norms  # noqa: E402
 
 RESULTS = ROOT / "results" / "zoo_coverage.json"
 REPORT = ROOT / "results" / "zoo_coverage.md"
@@ -90,18 +90,6 @@ def _yolo(name: str) -> nn.Module:
     return DetectionModel(f"{name}.yaml", verbose=False)
 
 
-def _randomize_norms(model: nn.Module, seed: int = 0) -> None:
-    """Random batch-norm statistics and shifts, so a zeroed channel does not output zero by itself."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-
-
 def entries(only: str | None) -> list[tuple[str, str, Callable[[], tuple[nn.Module, torch.Tensor]]]]:
     import timm
     import torchvision
@@ -135,7 +123,7 @@ def entries(only: str | None) -> list[tuple[str, str, Callable[[], tuple[nn.Modu
 def check(make: Callable[[], tuple[nn.Module, torch.Tensor]], seed: int = 1) -> dict[str, Any]:
     model, x = make()
     model.eval()
-    _randomize_norms(model)
+    randomize_norms(model)
     t0 = time.perf_counter()
     graph = halp.build_graph(model, x)
     build_s = time.perf_counter() - t0

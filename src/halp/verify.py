@@ -45,6 +45,21 @@ def random_keep(graph: ChannelGraph, generator: torch.Generator, low: float = 0.
     return keep_from_widths(graph, scores, widths)
 
 
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random batch-norm statistics and shifts (in place), so that a zeroed channel does not output zero
+    by itself: a freshly initialised model (mean 0, var 1, shift 0) would make a masked-vs-slim check pass
+    trivially wherever masking zeroes a norm."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    return model
+
+
 def _flat(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]

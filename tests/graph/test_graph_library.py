@@ -15,22 +15,14 @@ import torch
 from torch import nn
 
 import halp
-from halp.verify import masked_vs_slim, random_keep
+from halp.verify import masked_vs_slim, random_keep, randomize_norms
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 
 
 def _randomize(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-    return model.eval()
+    return randomize_norms(model).eval()
 
 
 def _tv(name: str, **kw: Any) -> Callable[[], nn.Module]:
