@@ -20,6 +20,7 @@ it. The measured-latency corrections of the classification run are not applied h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -129,7 +130,8 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     core = DetectorCore(det).eval()
     table = _table(recipe, core, example, out, progress)
 
-    pruner = _make_pruner(recipe, core, example, table)
+    # no measured feedback for detection yet: the schedule follows the table (see the README)
+    pruner = _make_pruner(dataclasses.replace(recipe, feedback_steps=0), core, example, table, dense=core)
     spe = len(train_loader)
     if pruner.schedule[-1] > tcfg.epochs * spe:
         raise ValueError(
