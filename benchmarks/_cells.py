@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import logging
 import math
 import os
@@ -159,6 +160,17 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def write_section(md: Path, text: str, title: str, section: str) -> None:
+    """Write ``md`` as ``text`` with its section headed ``title`` replaced by ``section`` (appended when it
+    has none), so a benchmark rerun updates its own docs section and leaves the others alone."""
+    pattern = re.compile(re.escape(title) + r"\n.*?(?=\n## |\Z)", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- knob matching

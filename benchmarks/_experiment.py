@@ -208,7 +208,7 @@ def robust_backend(name: str, threads: int, timing: Any = None) -> Any:
 
     Used for every table and measurement of these experiments (recorded in the tables' backend options).
     """
-    from halp.latency.backends import OnnxRuntimeBackend, TorchBackend
+    from halp.latency.backends import TorchBackend
 
     class LowQuantileTorch(TorchBackend):
         def options(self) -> dict[str, Any]:
@@ -220,28 +220,13 @@ def robust_backend(name: str, threads: int, timing: Any = None) -> Any:
         def time_models(self, models: Any, example_inputs: Any, rounds: int = 5) -> list[Any]:
             return [_low_quantile(s) for s in super().time_models(models, example_inputs, rounds=rounds)]
 
-    class LowQuantileOrt(OnnxRuntimeBackend):
-        def options(self) -> dict[str, Any]:
-            return {**super().options(), "statistic": f"p{QUANTILE:g}"}
-
-        def time_layer(self, *args: Any, **kw: Any) -> Any:
-            return _low_quantile(super().time_layer(*args, **kw))
-
-        def time_op(self, *args: Any, **kw: Any) -> Any:
-            return _low_quantile(super().time_op(*args, **kw))
-
-        def time_models(self, models: Any, example_inputs: Any, rounds: int = 5) -> list[Any]:
-            return [_low_quantile(s) for s in super().time_models(models, example_inputs, rounds=rounds)]
-
     if name in ("torch-cpu", "torch-cuda"):
         return LowQuantileTorch(name.split("-")[1], threads=threads, settings=timing)
-    if name == "onnxruntime":
-        return LowQuantileOrt(threads=threads, settings=timing)
     from halp.latency.backends import BACKENDS, get_backend
 
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-    base = type(get_backend(name, threads=threads))  # openvino and the INT8 backends: same wrapping
+    base = type(get_backend(name, threads=threads))  # onnxruntime, openvino and the INT8 backends alike
 
     class LowQuantile(base):  # type: ignore[misc, valid-type]
         def options(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import write_section  # noqa: E402
 from _timing import compare  # noqa: E402
 
 from halp.grouping import detect_step, find_cliffs  # noqa: E402
@@ -112,12 +112,7 @@ def write_docs(d: dict, js: Path) -> None:
         "",
     ]
     section = "\n".join(lines)
-    pattern = re.compile(r"## Latency step detection on this CPU \(issue 4\)\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_section(md, text, "## Latency step detection on this CPU (issue 4)", section)
 
 
 if __name__ == "__main__":

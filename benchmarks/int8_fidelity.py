@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import platform
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import write_section  # noqa: E402
 from latency_fidelity import DEFAULT_GUARD, ROOT, metrics, noise, run_model, scatter  # noqa: E402,F401
 
 from halp.latency.backends import cpu_model_name  # noqa: E402
@@ -97,12 +97,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
               f"calibration): {'; '.join(verdicts)}.",
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
-    pattern = re.compile(re.escape(section_title(args)) + r"\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_section(md, text, section_title(args), section)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import write_section  # noqa: E402
 from _timing import compare  # noqa: E402
 
 from halp.grouping import block_sizes  # noqa: E402
@@ -237,12 +237,7 @@ def write_docs(results: list[dict[str, Any]], js: Path) -> None:
         "",
     ]
     section = "\n".join(lines)
-    pattern = re.compile(r"## Knapsack solver \(issue 4\)\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_section(md, text, "## Knapsack solver (issue 4)", section)
 
 
 def main(argv: list[str] | None = None) -> int:

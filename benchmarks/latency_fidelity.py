@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -42,6 +41,9 @@ from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
 from halp.latency.calibrate import calibration_widths, fit_samples, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
@@ -337,12 +339,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
               "Acceptance: median abs rel error <= 5% and r >= 0.98 on both models; ResNet-50 table <= 15 min.",
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
-    pattern = re.compile(re.escape(section_title(args)) + r"\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_section(md, text, section_title(args), section)
 
 
 def main(argv: list[str] | None = None) -> int:
