@@ -28,10 +28,8 @@ from typing import Any, Callable, Union
 import torch
 from torch import fx, nn
 
-from .context import OpContext, Value
-from .generic import elementwise, opaque, passthrough
+from .generic import Handler, elementwise, opaque, passthrough
 
-Handler = Callable[[OpContext], "Value | None"]
 Target = Union[type, Callable[..., Any], str, Any]
 
 
