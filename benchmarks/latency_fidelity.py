@@ -336,7 +336,7 @@ def write_results_md(results: list[dict[str, Any]], args: argparse.Namespace, fi
     loads = ", ".join(f"{m} {a:.1f}-{b:.1f}" for m, (a, b) in load.items())
     note = [f"Note: {args.note}"] if args.note else []
     lines += ["", f"1-minute load average while measuring (2 cores): {loads}.", *note,
-              "Acceptance: median abs rel error <= 5% and r >= 0.98 on both models; ResNet-50 table <= 15 min.",
+              "Acceptance (issue 13): median abs rel error <= 5%, p90 <= 12%, Pearson r of the reductions >= 0.95.",
               f"Figure: `{fig.relative_to(ROOT)}`; data: `{js.relative_to(ROOT)}`.", ""]
     section = "\n".join(lines)
     write_section(md, text, section_title(args), section)
@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--low", type=float, default=0.25, help="smallest kept fraction per group")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=12)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=40, help="forwards per model and pass (halp.measure_latency's)")
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--passes", type=int, default=3, choices=range(1, 10), metavar="N",
                     help="independent measuring passes over all models (alternating order); each model keeps "
                          "its fastest pass")
@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("session", "profiled"):
             if kind in r:
                 k = r[kind]
-                ok = k["median_abs_rel_error"] <= 0.05 and k["pearson_r_reduction"] >= 0.98
+                ok = (k["median_abs_rel_error"] <= 0.05 and k["p90_abs_rel_error"] <= 0.12
+                      and k["pearson_r_reduction"] >= 0.95)
                 print(f"{r['model']} ({kind} calibration): r={k['pearson_r_reduction']:.4f} "
                       f"median|err|={100 * k['median_abs_rel_error']:.2f}% p90={100 * k['p90_abs_rel_error']:.2f}% "
                       f"table {r['table_build_s']:.0f}s -> {'PASS' if ok else 'FAIL'}")

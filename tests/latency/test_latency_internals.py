@@ -35,9 +35,10 @@ def test_latency_stats():
         LatencyStats.from_samples([])
 
 
-def test_the_latency_is_the_fastest_rounds_median():
-    """Interleaved rounds on a fake timer: one model slowed for two rounds (a slow spell of the host), the
-    other steady; each latency is its fastest round's median, and the slow spell does not move either."""
+def test_the_latency_is_the_median_of_all_forwards():
+    """Interleaved rounds on a fake timer: both models slowed in round 2 (a slow spell of the host); each
+    latency is the median of all its forwards, one slow round of three does not move it, and the rounds'
+    medians are kept for diagnostics."""
     clock = iter([0.0] * 2 + [  # warm-up call of each
         1.0, 1.1, 1.0, 5.0, 5.0, 5.5,   # round 1: a (1.0 median), b (5.0)
         1.6, 1.5, 1.6, 7.5, 7.6, 7.5,   # round 2 slow: a 1.6, b 7.5
@@ -47,8 +48,8 @@ def test_the_latency_is_the_fastest_rounds_median():
                              timer=lambda fn: next(clock))
     a, b = stats
     assert a.round_medians_ms == [1.0, 1.6, 1.0] and b.round_medians_ms == [5.0, 7.5, 5.0]
-    assert float(a) == a.latency_ms == a.summary() == 1.0 and float(b) == 5.0
-    assert a.median_ms == 1.0 and b.median_ms == 5.1  # the plain median feels the spell
+    assert float(a) == a.latency_ms == a.summary() == a.median_ms == 1.0
+    assert float(b) == b.median_ms == 5.1
     single = LatencyStats.from_samples([3.0, 1.0, 2.0])
     assert single.latency_ms == single.median_ms == 2.0  # one round: the plain median
 

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--table", required=True, help="latency table (from halp profile)")
     p.add_argument("--input", help="input size BxCxHxW (default: the table's profiled input)")
     p.add_argument("--repeats", type=int, default=40,
-                   help="timed forwards for the measurement, in 8 rounds; the latency is the fastest round's median")
+                   help="timed forwards for the measurement, in 8 rounds; the latency is their median")
     p.add_argument("--no-measure", action="store_true", help="only predict")
     p.add_argument("--backend", choices=list(BACKENDS), default=None,
                    help="measure on this backend instead of the table's (e.g. how a model pruned for one runtime "
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     backend = args.backend or table.backend
     dtype = table.dtype if backend == table.backend else "float32"
     stats = halp.measure_latency(model, x, backend=backend, threads=table.threads, repeats=args.repeats, dtype=dtype)
-    print(f"measured:  {stats.latency_ms:.3f} ms  (fastest round's median of {len(stats.round_medians_ms)} rounds; "
-          f"median {stats.median_ms:.3f}, IQR {stats.iqr_ms:.3f} ms, {len(stats.samples)} runs, {backend})")
+    print(f"measured:  {stats.latency_ms:.3f} ms  (median of {len(stats.samples)} forwards in "
+          f"{len(stats.round_medians_ms)} interleaved rounds; IQR {stats.iqr_ms:.3f} ms, {backend})")
     print(f"ratio predicted/measured: {predicted / stats.latency_ms:.3f}")
     return 0

@@ -1,8 +1,8 @@
 """``halp.measure_latency``: the end-to-end measurement behind every figure.
 
 It runs the network as users would (eager torch on CPU or CUDA, or the ONNX export in ONNX Runtime),
-under inference mode, after generous warm-up, in rounds, and reports the fastest round's median as the
-latency (``float(stats)``, ``stats.latency_ms``; see :mod:`halp.latency.timing` for why that statistic).
+under inference mode, after generous warm-up, in rounds, and reports the median of all timed forwards as
+the latency (``float(stats)``, ``stats.latency_ms``; see :mod:`halp.latency.timing` for why that statistic).
 The model is left exactly as it was (train/eval flags restored; copies made when the backend needs
 another device or dtype).
 """
@@ -43,7 +43,7 @@ def measure_latency(
         warmup: warm-up forwards (at least; warm-up also lasts at least 0.2 s).
         repeats: timed forwards.
         dtype: precision to run in (torch backends).
-        rounds: split the repeats into this many rounds; the latency is the fastest round's median.
+        rounds: split the repeats into this many rounds (interleaved with the other models measured).
         clock: ``"wall"`` (latency) or ``"thread"`` (CPU time of the calling thread, threads=1 only: a
             diagnostic on shared machines, see :class:`TimingSettings`).
         guard: on a CPU backend, a slowdown ratio (e.g. 1.2): a block of forwards during which a probe
@@ -77,7 +77,7 @@ def measure_many(
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
 
     Use this whenever latencies are compared (dense vs pruned, predicted vs measured). Each model's latency
-    is its fastest round's median; the rounds alternate the models, so a ratio of two latencies compares
+    is the median of its forwards; the rounds alternate the models, so a ratio of two latencies compares
     them at the same speed of the machine.
     """
     if not models:

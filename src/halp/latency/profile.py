@@ -72,9 +72,9 @@ class ProfileSettings:
     op_points: int = 3
     calibration_samples: int = 16
     calibration_low: float = 0.25
-    calibration_rounds: int = 5
+    calibration_rounds: int = 8
     e2e_warmup: int = 10
-    e2e_repeats: int = 30
+    e2e_repeats: int = 40
     retries: int = 2
     outlier_threshold: float = 1.5
     clock: str = "wall"

@@ -1,0 +1,141 @@
+"""Latency fidelity on every benchmark model, at 1 and 2 threads, random and step-aligned widths (issue 13).
+
+Runs ``benchmarks/latency_fidelity.py`` once per (model, size, threads, widths) cell as its own process
+(optionally under a lock command, so that each cell has the machine to itself and other jobs run in
+between), skips the cells whose JSON already exists (a killed suite resumes), and writes one summary
+section to ``docs/results.md`` with both calibrations of every cell against the acceptance.
+
+    LOCK="flock -x /tmp/halp-cpu.lock" python benchmarks/fidelity_suite.py            # everything
+    python benchmarks/fidelity_suite.py --cells resnet18@160:1 mobilenet_v1@128:2:aligned
+    python benchmarks/fidelity_suite.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "fidelity"
+#: model@size:threads[:aligned]; the models the issue names, the held-back ones go through --cells
+MODELS = ("mobilenet_v1@128", "resnet18@160", "torchvision:mobilenet_v3_large@224", "torchvision:efficientnet_b0@224",
+          "mobilenet_v2@224", "resnet50@224")
+# random widths at 1 then 2 threads first, then widths on the latency steps
+DEFAULT_CELLS = ([f"{m}:1" for m in MODELS[:4]] + [f"{m}:2" for m in MODELS[:4]]
+                 + [f"{m}:{t}" for m in MODELS[4:] for t in (1, 2)]
+                 + [f"{m}:{t}:aligned" for t in (1, 2) for m in MODELS])
+ACCEPT = {"median_abs_rel_error": 0.05, "p90_abs_rel_error": 0.12, "pearson_r_reduction": 0.95}
+
+
+def parse_cell(cell: str) -> tuple[str, int, int, bool]:
+    """``"resnet18@160:1:aligned"`` → ``("resnet18", 160, 1, True)``; ``ValueError`` explains the form."""
+    parts = cell.split(":")
+    aligned = parts[-1] == "aligned"
+    if aligned:
+        parts = parts[:-1]
+    try:
+        threads = int(parts[-1])
+        model, size = ":".join(parts[:-1]).rsplit("@", 1)
+        return model, int(size), threads, aligned
+    except ValueError:
+        raise ValueError(f"cell {cell!r} is not MODEL@SIZE:THREADS[:aligned], e.g. resnet18@160:1:aligned") from None
+
+
+def cell_json(cell: str) -> Path:
+    model, size, threads, aligned = parse_cell(cell)
+    safe = model.replace(":", "-")
+    return OUT / f"{safe}_{size}_t{threads}{'_aligned' if aligned else ''}.json"
+
+
+def run_cell(cell: str, variants: int, passes: int) -> None:
+    model, size, threads, aligned = parse_cell(cell)
+    out = cell_json(cell)
+    tmp = OUT / "cells" / out.stem
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "latency_fidelity.py"), "--models", model, "--size", str(size),
+           "--threads", str(threads), "--variants", str(variants), "--passes", str(passes), "--quiet", "--no-docs",
+           "--out", str(tmp)] + (["--aligned"] if aligned else [])
+    # every cell of one model and thread count shares its table
+    tables = OUT / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    (tmp).mkdir(parents=True, exist_ok=True)
+    if not (tmp / "tables").exists():
+        (tmp / "tables").symlink_to(tables, target_is_directory=True)
+    got = sorted(tmp.glob("latency_fidelity_*.json"))  # a cell that finished after its driver was killed
+    if not got:
+        lock = shlex.split(os.environ.get("LOCK", ""))
+        print(f"== {cell}: {' '.join(lock + cmd[1:])}", flush=True)
+        subprocess.run(lock + cmd, check=True, cwd=ROOT)
+        got = sorted(tmp.glob("latency_fidelity_*.json"))
+    if not got:
+        raise RuntimeError(f"latency_fidelity.py wrote no JSON for {cell} under {tmp}")
+    data = json.loads(got[-1].read_text(encoding="utf-8"))
+    data["cell"] = cell
+    out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def meets(m: dict[str, float]) -> bool:
+    return (m["median_abs_rel_error"] <= ACCEPT["median_abs_rel_error"] and m["p90_abs_rel_error"] <= ACCEPT["p90_abs_rel_error"]
+            and m["pearson_r_reduction"] >= ACCEPT["pearson_r_reduction"])
+
+
+def report(cells: list[str]) -> str:
+    rows = ["| model | input | threads | widths | dense measured / predicted as profiled (ms) | r (profiled) | "
+            "median err (profiled) | p90 (profiled) | r (re-taken) | median err (re-taken) | p90 (re-taken) | "
+            "table (s) | meets, as profiled / re-taken |", "|" + "---|" * 13]
+    met = {"profiled": 0, "session": 0}
+    n = 0
+    for cell in cells:
+        path = cell_json(cell)
+        if not path.exists():
+            continue
+        model, size, threads, aligned = parse_cell(cell)
+        r = json.loads(path.read_text(encoding="utf-8"))["results"][0]
+        p, s = r["profiled"], r.get("session", r["profiled"])
+        n += 1
+        met["profiled"] += meets(p)
+        met["session"] += meets(s)
+        rows.append(
+            f"| {model} | {size}² | {threads} | {'steps' if aligned else 'random'} | "
+            f"{r['dense']['measured_ms']:.2f} / {r['dense']['predicted_profiled_ms']:.2f} | "
+            f"{p['pearson_r_reduction']:.4f} | {100 * p['median_abs_rel_error']:.2f}% | {100 * p['p90_abs_rel_error']:.2f}% | "
+            f"{s['pearson_r_reduction']:.4f} | {100 * s['median_abs_rel_error']:.2f}% | {100 * s['p90_abs_rel_error']:.2f}% | "
+            f"{r['table_build_s']:.0f} | {'yes' if meets(p) else 'no'} / {'yes' if meets(s) else 'no'} |")
+    rows.append("")
+    rows.append(f"Cells meeting the acceptance (median ≤ 5%, p90 ≤ 12%, r ≥ 0.95): as profiled {met['profiled']}/{n}, "
+                f"calibration re-taken in the same passes {met['session']}/{n}.")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", nargs="+", default=DEFAULT_CELLS, help="MODEL@SIZE:THREADS[:aligned]")
+    ap.add_argument("--variants", type=int, default=20)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--title", default="## Latency fidelity on every benchmark model (issue 13)")
+    args = ap.parse_args(argv)
+    for cell in args.cells:
+        parse_cell(cell)
+    if not args.report_only:
+        for cell in args.cells:
+            if not cell_json(cell).exists():
+                run_cell(cell, args.variants, args.passes)
+    body = report(args.cells)
+    print(body)
+    md = ROOT / "docs" / "results.md"
+    command = ('Command: `LOCK="flock -x /tmp/halp-cpu.lock" python benchmarks/fidelity_suite.py'
+               + ("" if args.cells == DEFAULT_CELLS else " --cells " + " ".join(args.cells)) + "`")
+    write_section(md, md.read_text(encoding="utf-8"), args.title, f"{args.title}\n\n{command}\n\n{body}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
