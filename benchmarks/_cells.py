@@ -173,6 +173,12 @@ def write_section(md: Path, text: str, title: str, section: str) -> None:
     md.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
+def update_results(title: str, section: str) -> None:
+    """Replace (or append) the section headed ``title`` of the repository's ``docs/results.md``."""
+    md = Path(__file__).resolve().parent.parent / "docs" / "results.md"
+    write_section(md, md.read_text(encoding="utf-8") if md.exists() else "# halp results\n", title, section)
+
+
 # ----------------------------------------------------------------------------- knob matching
 
 

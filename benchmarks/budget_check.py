@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import write_section  # noqa: E402
+from _cells import update_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Budgets met when measured: halp prune at 0.7 and 0.5 (issue 13)"
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, command.strip())
     print(text)
     if not args.no_docs:
-        md = ROOT / "docs" / "results.md"
-        write_section(md, md.read_text(encoding="utf-8"), TITLE, text)
+        update_results(TITLE, text)
     return 0
 
 

@@ -20,8 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import write_section  # noqa: E402
+from _cells import update_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "fidelity"
@@ -86,10 +88,17 @@ def meets(m: dict[str, float]) -> bool:
             and m["pearson_r_reduction"] >= ACCEPT["pearson_r_reduction"])
 
 
+def ratio_errors(r: dict, key: str) -> tuple[float, float]:
+    """Median and p90 |error| of each network's latency as a fraction of dense, predicted vs measured."""
+    pd, md = r["dense"][f"predicted_{key}_ms"], r["dense"]["measured_ms"]
+    e = [abs((v[f"predicted_{key}_ms"] / pd) / (v["measured_ms"] / md) - 1) for v in r["variants"]]
+    return float(np.median(e)), float(np.percentile(e, 90))
+
+
 def report(cells: list[str]) -> str:
     rows = ["| model | input | threads | widths | dense measured / predicted as profiled (ms) | r (profiled) | "
             "median err (profiled) | p90 (profiled) | r (re-taken) | median err (re-taken) | p90 (re-taken) | "
-            "table (s) | meets, as profiled / re-taken |", "|" + "---|" * 13]
+            "ratio-to-dense err, as profiled: median / p90 | table (s) | meets, as profiled / re-taken |", "|" + "---|" * 14]
     met = {"profiled": 0, "session": 0}
     n = 0
     for cell in cells:
@@ -107,11 +116,43 @@ def report(cells: list[str]) -> str:
             f"{r['dense']['measured_ms']:.2f} / {r['dense']['predicted_profiled_ms']:.2f} | "
             f"{p['pearson_r_reduction']:.4f} | {100 * p['median_abs_rel_error']:.2f}% | {100 * p['p90_abs_rel_error']:.2f}% | "
             f"{s['pearson_r_reduction']:.4f} | {100 * s['median_abs_rel_error']:.2f}% | {100 * s['p90_abs_rel_error']:.2f}% | "
+            f"{100 * ratio_errors(r, 'profiled')[0]:.2f}% / {100 * ratio_errors(r, 'profiled')[1]:.2f}% | "
             f"{r['table_build_s']:.0f} | {'yes' if meets(p) else 'no'} / {'yes' if meets(s) else 'no'} |")
     rows.append("")
     rows.append(f"Cells meeting the acceptance (median ≤ 5%, p90 ≤ 12%, r ≥ 0.95): as profiled {met['profiled']}/{n}, "
                 f"calibration re-taken in the same passes {met['session']}/{n}.")
     return "\n".join(rows)
+
+
+def figure(cells: list[str], path: Path) -> None:
+    """Predicted against measured latency for every finished cell, both calibrations."""
+    from matplotlib.figure import Figure
+
+    done = [c for c in cells if cell_json(c).exists()]
+    if not done:
+        return
+    cols = min(4, len(done))
+    rows = -(-len(done) // cols)
+    fig = Figure(figsize=(3.6 * cols, 3.4 * rows))
+    for i, cell in enumerate(done):
+        r = json.loads(cell_json(cell).read_text(encoding="utf-8"))["results"][0]
+        ax = fig.add_subplot(rows, cols, i + 1)
+        measured = [v["measured_ms"] for v in r["variants"]] + [r["dense"]["measured_ms"]]
+        for key, marker in (("profiled", "x"), ("session", "o")):
+            if f"predicted_{key}_ms" in r["dense"]:
+                pred = [v[f"predicted_{key}_ms"] for v in r["variants"]] + [r["dense"][f"predicted_{key}_ms"]]
+                ax.scatter(measured, pred, s=12, marker=marker,
+                           label="as profiled" if key == "profiled" else "re-taken")
+        lim = [0, 1.05 * max(measured)]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set_title(cell, fontsize=8)
+        ax.set_xlabel("measured (ms)", fontsize=8)
+        ax.set_ylabel("predicted (ms)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             if not cell_json(cell).exists():
                 run_cell(cell, args.variants, args.passes)
     body = report(args.cells)
+    fig = OUT / "fidelity_suite.png"
+    figure(args.cells, fig)
+    body += f"\n\nFigure: `{fig.relative_to(ROOT)}`; data: `benchmarks/results/fidelity/*.json` (one per cell)."
     print(body)
-    md = ROOT / "docs" / "results.md"
     command = ('Command: `LOCK="flock -x /tmp/halp-cpu.lock" python benchmarks/fidelity_suite.py'
                + ("" if args.cells == DEFAULT_CELLS else " --cells " + " ".join(args.cells)) + "`")
-    write_section(md, md.read_text(encoding="utf-8"), args.title, f"{args.title}\n\n{command}\n\n{body}\n")
+    update_results(args.title, f"{args.title}\n\n{command}\n\n{body}\n")
     return 0
 
 

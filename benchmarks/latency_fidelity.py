@@ -184,7 +184,11 @@ def metrics(out: dict[str, Any], key: str) -> dict[str, float]:
     rel = np.abs(predicted - measured) / measured
     red_m = out["dense"]["measured_ms"] - measured
     red_p = out["dense"][key] - predicted
+    # the budget's quantity: each network's latency as a fraction of the dense model's, predicted vs measured
+    ratio = np.abs((predicted / out["dense"][key]) / (measured / out["dense"]["measured_ms"]) - 1)
     return {
+        "median_abs_ratio_error": float(np.median(ratio)),
+        "p90_abs_ratio_error": float(np.percentile(ratio, 90)),
         "pearson_r_reduction": float(np.corrcoef(red_p, red_m)[0, 1]) if len(measured) > 1 else float("nan"),
         "median_abs_rel_error": float(np.median(rel)),
         "p90_abs_rel_error": float(np.percentile(rel, 90)),
