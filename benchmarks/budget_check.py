@@ -52,17 +52,23 @@ def run_one(model: str, budget: float, out: Path, seed_dir: Path | None, quiet: 
         shutil.copy2(seed_dir / "table.json", out / "table.json")
     t0 = time.perf_counter()
     report = run(Recipe.from_dict(data), progress=not quiet)
-    last = report["history"][-1] if report.get("history") else {}
+    return dict(summarize(model, budget, out, report), seconds=time.perf_counter() - t0)
+
+
+def summarize(model: str, budget: float, out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """One row from a run's report: the last step's loop measurements and the device checks after it."""
+    last = report["steps"][-1] if report.get("steps") else {}
     loop = [f["measured_ratio"] for f in last.get("feedback", [])]
     return {
         "model": model, "budget": budget, "out": str(out),
         "predicted_ratio": report["predicted_ratio"],
-        "loop_measured_ratio": loop[-1] if loop else None, "loop_measurements": loop,
+        "loop_measured_ratio": last.get("measured_ratio"), "loop_measurements": loop,
         "schedule_end_measured_ratio": report["schedule_end_measured_ratio"],
+        "schedule_end_measurements": (report["corrections"] or [{}])[0].get("measurements"),
         "final_measured_ratio": report["latency_ratio"],
         "corrections": len(report["corrections"]) - 1 if report["corrections"] else 0,
         "dense_accuracy": report["dense"]["accuracy"], "pruned_accuracy": report["pruned"]["accuracy"],
-        "seconds": time.perf_counter() - t0,
+        "seconds": report.get("seconds"),
     }
 
 
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "budget_check.json"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the table from the runs' report.json")
     args = ap.parse_args(argv)
     for b in args.budgets:
         if not 0.0 < b < 1.0:
@@ -107,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         for budget in args.budgets:
             for k in range(args.repeat):
                 out = runs / f"{model}-{budget:g}-{k}"
+                if args.report_only:
+                    rep = out / "report.json"
+                    if rep.exists():
+                        rows.append(summarize(model, budget, out, json.loads(rep.read_text(encoding="utf-8"))))
+                    continue
                 rows.append(run_one(model, budget, out, seed_dir, args.quiet))
                 print(json.dumps(rows[-1]), flush=True)
                 seed_dir = seed_dir or out

@@ -216,3 +216,29 @@ def test_an_unconfirmed_miss_triggers_no_correction(assets, tmp_path, monkeypatc
     (only,) = report["corrections"]
     assert only["measurements"] == pytest.approx([0.9, 0.65, 0.68]) and only["measured_ratio"] == pytest.approx(0.68)
     assert len(report["steps"]) == 3  # no correction step
+
+
+def test_budget_measurements_last_about_measure_seconds(monkeypatch):
+    """A ratio of two small models is measured for ~measure_seconds (sized from the table's dense latency),
+    never fewer forwards than measure_repeats, never more than the cap; one round per ~10 forwards."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+    from halp.run import MAX_MEASURE_REPEATS, measure_pair, ratio_measure
+
+    seen = []
+
+    def fake_measure(models, *args, repeats, rounds, **kwargs):
+        seen.append((repeats, rounds))
+        return [LatencyStats(10.0, 0.1, 10.0, [10.0]), LatencyStats(4.0, 0.1, 4.0, [4.0])]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    r = Recipe(measure_repeats=50, measure_seconds=1.0)
+    assert ratio_measure(r, None, None, expected_ms=2.0)(None) == pytest.approx(0.4)
+    measure_pair(r, None, None, expected_ms=100.0)(None)
+    measure_pair(r, None, None, expected_ms=1e-4)(None)
+    measure_pair(Recipe(measure_repeats=50, measure_seconds=0.0), None, None, expected_ms=2.0)(None)
+    assert seen == [(500, 50), (50, 8), (MAX_MEASURE_REPEATS, MAX_MEASURE_REPEATS // 10), (50, 8)]
+    with pytest.raises(ValueError, match="measure_seconds"):
+        Recipe(measure_seconds=-1)
+    with pytest.raises(ValueError, match="measure_repeats"):
+        Recipe(measure_repeats=0)

@@ -54,6 +54,11 @@ class Recipe:
             this device and move their targets by the measured miss (:mod:`halp.feedback`), so the schedule
             ends within ``[(1 - feedback_band), 1] x`` the budget as measured; 0 trusts the table. HALP only
             (the baselines keep their own targets).
+        measure_repeats, measure_seconds: the budget's measurements (the closed loop, the check after the
+            schedule, the report) time each model for at least ``measure_repeats`` forwards and at least
+            ``measure_seconds`` (estimated from the table's dense latency; at most 1000 forwards): a ratio
+            of two small models measured in 0.1 s on a shared machine scatters by ±3%, more than the
+            budget's band allows.
         out: the output directory.
     """
 
@@ -75,6 +80,7 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)
     dense_train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 5})
     measure_repeats: int = 50
+    measure_seconds: float = 1.0
     corrections: int = 1
     correction_tolerance: float = 0.02
     correction_epochs: int = 2
@@ -98,6 +104,10 @@ class Recipe:
             raise ValueError(f"correction_tolerance must be in [0, 1), got {self.correction_tolerance}")
         if not isinstance(self.feedback_steps, int) or isinstance(self.feedback_steps, bool) or self.feedback_steps < 0:
             raise ValueError(f"feedback_steps must be a non-negative integer (0: off), got {self.feedback_steps!r}")
+        if not isinstance(self.measure_repeats, int) or isinstance(self.measure_repeats, bool) or self.measure_repeats < 1:
+            raise ValueError(f"measure_repeats must be a positive integer, got {self.measure_repeats!r}")
+        if not isinstance(self.measure_seconds, (int, float)) or not 0 <= self.measure_seconds <= 60:
+            raise ValueError(f"measure_seconds must be between 0 and 60 seconds, got {self.measure_seconds!r}")
         if not 0 < self.feedback_band < 1:
             raise ValueError(f"feedback_band must be a fraction in (0, 1), e.g. 0.05, got {self.feedback_band!r}")
         if not 0 < self.flops_target <= 1:

@@ -10,6 +10,7 @@ Stages and what each leaves in ``out``:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,34 @@ def _table(recipe: Recipe, model: nn.Module, example: torch.Tensor, out: Path, p
                    progress=progress, name=recipe.model, **dict(recipe.profile))
 
 
-def ratio_measure(recipe: Recipe, dense: nn.Module, example: torch.Tensor):
-    """``slim model -> its latency / the dense model's``, both measured in the same interleaved rounds with
-    halp's statistic (the median of the timed forwards) on the recipe's backend and threads."""
+#: upper bound on forwards per model in one budget measurement (a tiny model at ``measure_seconds``)
+MAX_MEASURE_REPEATS = 1000
+
+
+def measure_pair(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
+    """``slim model -> (dense stats, slim stats)``, both measured in the same interleaved rounds with
+    halp's statistic on the recipe's backend and threads, each for about ``recipe.measure_seconds``
+    (``expected_ms``, the table's dense latency, sizes the repeats; one round per ~10 forwards)."""
     from halp.latency import measure_many
 
-    def measure(slim: nn.Module) -> float:
+    want = math.ceil(1000.0 * recipe.measure_seconds / max(float(expected_ms), 1e-3))
+    repeats = int(min(max(recipe.measure_repeats, want), MAX_MEASURE_REPEATS))
+    rounds = max(8, repeats // 10)
+
+    def measure(slim: nn.Module) -> tuple[Any, Any]:
         a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
-                            repeats=recipe.measure_repeats)
+                            repeats=repeats, rounds=rounds)
+        return a, b
+
+    return measure
+
+
+def ratio_measure(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
+    """``slim model -> its latency / the dense model's`` (see :func:`measure_pair`)."""
+    pair = measure_pair(recipe, dense, example, expected_ms)
+
+    def measure(slim: nn.Module) -> float:
+        a, b = pair(slim)
         return b.latency_ms / a.latency_ms
 
     return measure
@@ -114,11 +135,11 @@ def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table:
         return UniformPruner(model, example, table, cfg)
     if recipe.method == "taylor-flops":
         return FlopsTaylorPruner(model, example, table, cfg, flops_target=recipe.flops_target)
-    feedback = None
+    pruner = Pruner(model, example, table, cfg)
     if recipe.feedback_steps > 0:
-        feedback = DeviceFeedback(ratio_measure(recipe, dense, example), steps=min(recipe.feedback_steps, cfg.steps),
-                                  band=recipe.feedback_band)
-    return Pruner(model, example, table, cfg, feedback=feedback)
+        pruner.feedback = DeviceFeedback(ratio_measure(recipe, dense, example, pruner.dense_ms),
+                                         steps=min(recipe.feedback_steps, cfg.steps), band=recipe.feedback_band)
+    return pruner
 
 
 def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -128,7 +149,6 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
         return run_detection(recipe, progress=progress)
     from halp import data
-    from halp.latency import measure_many
     from halp.serialize import attach_spec, save_pruned
     from halp.train import cleanup_distributed, evaluate, is_main_process, load_checkpoint, setup_distributed, train
 
@@ -183,8 +203,7 @@ def run(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     slim = pruner.finalize().eval()
     attach_spec(slim, pruner.widths(), tuple(example.shape))
     pruned_acc = evaluate(slim, test_loader)["accuracy"]
-    stats = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
-                         repeats=recipe.measure_repeats)
+    stats = measure_pair(recipe, dense, example, pruner.dense_ms)(slim)
     report = pruner.report()
     report["corrections"] = corrections
     report.update(
@@ -244,7 +263,7 @@ def _verify_on_device(
     from halp.train import train
 
     budget = pruner.final_ms / pruner.dense_ms  # the budget as a ratio of dense latency
-    measure = ratio_measure(recipe, dense, example)
+    measure = ratio_measure(recipe, dense, example, pruner.dense_ms)
     records: list[dict[str, Any]] = []
     for attempt in range(recipe.corrections + 1):
         slim = pruner.finalize().eval()
