@@ -96,3 +96,20 @@ def test_ops_behind_their_producer(kind, nodes):
     with be:
         ms = be.time_op(kind, 1, 8, (1, 1) if kind == "adaptive_avgpool" else (4, 4)).median_ms
     assert ms == 0.0 if not nodes else 0 < ms < 1e3
+
+
+def test_session_call_taken_off_every_sample():
+    """Each layer and op sample loses the fixed cost of one session call, timed once per backend."""
+    from halp.latency.int8 import call_model, less
+    from halp.latency.timing import LatencyStats
+
+    got = less(LatencyStats.from_samples([0.5, 0.2, 0.05]), 0.1)
+    np.testing.assert_allclose(got.samples, [0.4, 0.1, 0.0])
+    assert got.median_ms == pytest.approx(0.1)
+    data, feed = call_model()
+    be = OnnxRuntimeInt8Backend(threads=1, settings=QUICK)
+    out = be._session(data).run(None, feed)[0]
+    assert out.dtype == np.uint8 and out.shape == (1, 8)
+    with be:
+        first = be.call_overhead_ms()
+        assert 0 < first < 1e3 and be.call_overhead_ms() == first  # measured once, then reused
