@@ -95,7 +95,8 @@ def test_ops_behind_their_producer(kind, nodes):
     assert not model.graph.initializer or nodes  # the removed convs' weights went with them
     with be:
         ms = be.time_op(kind, 1, 8, (1, 1) if kind == "adaptive_avgpool" else (4, 4)).median_ms
-    assert ms == 0.0 if not nodes else 0 < ms < 1e3
+    # folded ops cost exactly nothing; the others their run less one session call (a tiny op may reach 0)
+    assert ms == 0.0 if not nodes else 0 <= ms < 1e3
 
 
 def test_session_call_taken_off_every_sample():
