@@ -118,8 +118,13 @@ def quantize_qdq(
 
         with tempfile.TemporaryDirectory(prefix="halp-qdq-") as tmp:
             pre = Path(tmp) / "pre.onnx"
-            with _quiet():
-                quant_pre_process(str(src), str(pre))
+            try:
+                with _quiet():
+                    quant_pre_process(str(src), str(pre))
+            except Exception as exc:  # noqa: BLE001 - shape inference fails on some exporters' graphs
+                logger.warning("quant_pre_process failed (%s: %s); quantizing the model as exported, where ONNX "
+                               "Runtime may leave convs with shared biases in float", type(exc).__name__, exc)
+                pre = Path(src)
             return quantize_qdq(pre, dst, feeds)
 
     class Reader(q.CalibrationDataReader):
