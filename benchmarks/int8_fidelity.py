@@ -35,8 +35,11 @@ ACCEPT_ERR, ACCEPT_R = 0.05, 0.95
 
 
 def parse_model(text: str) -> tuple[str, int]:
-    name, _, size = text.partition(":")
-    return name, int(size) if size else 224
+    """``NAME[:SIZE]``; NAME may itself hold colons (``torchvision:mobilenet_v3_small:128``)."""
+    name, _, size = text.rpartition(":")
+    if name and size.isdigit():
+        return name, int(size)
+    return text, 224
 
 
 def section_title(args: argparse.Namespace) -> str:

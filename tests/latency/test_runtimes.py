@@ -42,11 +42,16 @@ def test_new_backends_time_layers_ops_and_networks(tiny, backend):
     assert backend in BACKENDS
     be = get_backend(backend, threads=1, settings=QUICK)
     with be:
+        # onnxruntime-int8 takes one session call off every sample: a tiny layer or op may reach 0
+        low = 0.0 if backend == "onnxruntime-int8" else math.ulp(0.0)
         for shape, cin, cout in [(CONV, 6, 10), (DW, 12, 12), (LIN, 6, 7)]:
             st = be.time_layer(shape, cin, cout)
-            assert len(st.samples) == 3 and 0 < st.median_ms < math.inf
-        for kind in ("batchnorm", "add", "cat", "maxpool", "adaptive_avgpool"):
-            assert 0 < be.time_op(kind, 1, 8, (4, 4)).median_ms < math.inf
+            assert len(st.samples) == 3 and low <= st.median_ms < math.inf
+        for kind in ("add", "cat", "maxpool", "adaptive_avgpool"):
+            assert low <= be.time_op(kind, 1, 8, (4, 4)).median_ms < math.inf
+        # onnxruntime-int8 times an op behind its producer conv, which absorbs a BatchNorm (0 ms there)
+        bn = be.time_op("batchnorm", 1, 8, (4, 4)).median_ms
+        assert bn == 0.0 if backend == "onnxruntime-int8" else 0 < bn < math.inf
         stats = be.time_models([model, type(model)(width=8).eval()], x, rounds=1)
     assert all(0 < s.median_ms < math.inf for s in stats)
     options = be.options()

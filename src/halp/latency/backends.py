@@ -290,7 +290,8 @@ class OnnxRuntimeBackend(Backend):
     def device_name(self) -> str:
         return cpu_model_name()
 
-    def _session(self, model: bytes | str) -> Any:
+    def session_options(self) -> Any:
+        """The ``onnxruntime.SessionOptions`` every session of this backend runs with."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -299,7 +300,12 @@ class OnnxRuntimeBackend(Backend):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        return opts
+
+    def _session(self, model: bytes | str) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model, sess_options=self.session_options(), providers=["CPUExecutionProvider"])
 
     def time_layer(self, shape: LayerShape, cin: int, cout: int, in_repeat: int = 1) -> LatencyStats:
         data, name, x = single_layer_model(shape, cin, cout, in_repeat)
