@@ -41,15 +41,17 @@ import halp.data as data
 from halp.baselines import UniformPruner
 from halp.checkpoint import load_checkpoint, save_checkpoint
 from halp.config import PruneConfig
-from halp.detection import DetectorCore, create_detector, evaluate, feature_shapes, train_detector, with_core
+from halp.detection import (DetectorCore, create_detector, evaluate, feature_shapes, make_detection_optimizer,
+                            train_detector, with_core)
 from halp.detection.core import postprocess, preprocess
 from halp.detection.models import INPUT_SIZE
 from halp.latency import LatencyTable, measure_many
 from halp.serialize import load_pruned, save_pruned
 from halp.surgery import keep_from_widths, prune_channels
-from halp.train import TrainConfig
+from halp.train import TrainConfig, cosine_with_warmup
 
 log = logging.getLogger("benchmarks.detection")
+INCOMPLETE = 3  # exit code of a training phase stopped by --slice-minutes (rerun it to resume)
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary tables
 
 
@@ -73,7 +75,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="clock of the match and measure timings; thread (CPU time, 1 thread) resists other jobs")
     p.add_argument("--match-tol", type=float, default=0.02, help="uniform vs HALP measured latency, relative")
     p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
-    p.add_argument("--profile-statistic", default="median", help="median, or p10 on a machine shared with other jobs")
+    p.add_argument("--profile-statistic", default=None,
+                   help="the latency table's statistic (default: the library's; p10 on a machine shared with other jobs)")
+    p.add_argument("--min-fraction", type=float, default=0.1,
+                   help="PruneConfig.min_fraction: no group below this fraction of its dense width (HALP and uniform)")
+    p.add_argument("--slice-minutes", type=float, default=0.0,
+                   help="stop a training phase after this many minutes with a checkpoint (exit code 3); rerun resumes")
     p.add_argument("--quick", action="store_true", help="tiny data, epochs and profile: a pipeline check")
     a = p.parse_args(argv)
     if a.quick:
@@ -105,7 +112,59 @@ def _example(a: argparse.Namespace) -> torch.Tensor:
     return torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
 
 
-def phase_dense(a: argparse.Namespace) -> None:
+class _Slice:
+    """Hooks of one time slice of training: pruner calls (if any), checkpoints, and a stop after the slice."""
+
+    def __init__(self, a: argparse.Namespace, path: Path, det: torch.nn.Module, optimizer: Any, scheduler: Any,
+                 pruner: halp.Pruner | None) -> None:
+        self.a, self.path, self.det, self.optimizer, self.scheduler, self.pruner = a, path, det, optimizer, scheduler, pruner
+        self.t0 = time.perf_counter()
+
+    def after_backward(self, step: int) -> None:
+        if self.pruner is not None:
+            self.pruner.step()
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.pruner is not None:
+            self.pruner.apply_masks()
+
+    def save(self, step: int) -> None:
+        extra = {"pruner": self.pruner.state_dict()} if self.pruner is not None else {}
+        save_checkpoint(self.path, self.det, self.optimizer, self.scheduler, step, extra=extra)
+
+    on_checkpoint = save  # train_detector calls it at every epoch's end
+
+    def should_stop(self, step: int) -> bool:
+        if not self.a.slice_minutes or time.perf_counter() - self.t0 < 60 * self.a.slice_minutes:
+            return False
+        self.save(step)  # called after the scheduler stepped: everything at `step`
+        log.info("slice over at step %d: checkpoint %s (rerun the phase to resume)", step, self.path)
+        return True
+
+
+def _train_sliced(a: argparse.Namespace, det: torch.nn.Module, tr: Any, cfg: TrainConfig, ckpt: Path,
+                  pruner: halp.Pruner | None = None, test_loader: Any = None) -> dict[str, Any] | None:
+    """``train_detector`` resumable across ``--slice-minutes`` slices; None while unfinished.
+
+    A resumed run is the uninterrupted one (per-step seeding, optimizer, LR schedule and pruner restored).
+    """
+    spe = len(tr)
+    optimizer = make_detection_optimizer(det, cfg)
+    scheduler = cosine_with_warmup(optimizer, max(cfg.epochs * spe, 1), round(cfg.warmup_epochs * spe))
+    start = 0
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt, det, optimizer, scheduler)
+        start = state["step"]
+        if pruner is not None:
+            pruner.load_state_dict(state["extra"]["pruner"])
+        log.info("resuming %s at step %d", ckpt, start)
+    hooks = _Slice(a, ckpt, det, optimizer, scheduler, pruner)
+    res = train_detector(det, tr, cfg, hooks=hooks, start_step=start, optimizer=optimizer, scheduler=scheduler,
+                         test_loader=test_loader, progress=False)
+    return None if res["stopped"] else res
+
+
+def phase_dense(a: argparse.Namespace) -> bool:
     tr, te, info = _loaders(a)
     for seed in a.seeds:
         path = a.work / f"dense-seed{seed}.ckpt"
@@ -113,9 +172,13 @@ def phase_dense(a: argparse.Namespace) -> None:
             continue
         torch.manual_seed(seed)
         det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
-        res = train_detector(det, tr, _cfg(a, a.epochs, seed, a.lr), test_loader=te)
+        res = _train_sliced(a, det, tr, _cfg(a, a.epochs, seed, a.lr), path.with_suffix(".part.ckpt"), test_loader=te)
+        if res is None:
+            return False
         save_checkpoint(path, det, step=res["step"], extra={"test": res["test"], "history": res["history"]})
+        path.with_suffix(".part.ckpt").unlink(missing_ok=True)
         log.info("dense seed %d: %s", seed, res["test"])
+    return True
 
 
 def phase_profile(a: argparse.Namespace) -> None:
@@ -123,51 +186,52 @@ def phase_profile(a: argparse.Namespace) -> None:
     core = DetectorCore(_dense(a, a.seeds[0], info)).eval()
     settings = (dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else
                 dict(grid_points=a.profile_grid, fine_span=0, repeats=7, min_time_ms=15.0, calibration_samples=8,
-                     e2e_repeats=15, statistic=a.profile_statistic))
+                     e2e_repeats=15))
+    if a.profile_statistic is not None and not a.quick:
+        settings["statistic"] = a.profile_statistic
     halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **settings)
 
 
-class _Hooks:
-    """The pruner in the detection loop: importance after backward, masks after the update."""
-
-    def __init__(self, pruner: halp.Pruner) -> None:
-        self.pruner = pruner
-
-    def after_backward(self, step: int) -> None:
-        self.pruner.step()
-
-    def after_optimizer_step(self, step: int) -> None:
-        self.pruner.apply_masks()
+def _prune_config(a: argparse.Namespace, budget: float, target_ms: float | None = None) -> PruneConfig:
+    """HALP's and uniform's config: the same schedule and the same floor on every group's width."""
+    return PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval,
+                       min_fraction=a.min_fraction)
 
 
 def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, target_ms: float | None,
-               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any]:
+               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any] | None:
     tr, te, info = loaders
     det = copy.deepcopy(_dense(a, seed, info))
     core = DetectorCore(det)
-    cfg = PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval)
+    cfg = _prune_config(a, budget, target_ms)
     pruner = (UniformPruner if method == "uniform" else halp.Pruner)(core, _example(a), table, cfg)
-    res = train_detector(det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), hooks=_Hooks(pruner))
+    folder = a.work / f"{method}-{budget}-seed{seed}"
+    ckpt = folder.with_name(folder.name + ".part.ckpt")
+    res = _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt, pruner=pruner)
+    if res is None:
+        return None
     if not pruner.done:
         raise ValueError(f"{a.steps} steps x {a.interval} minibatches do not fit in {res['total_steps']} fine-tune "
                          "steps: lower --steps/--interval or raise --finetune-epochs")
     slim = pruner.finalize().eval()
     result = evaluate(with_core(det, slim), te)
-    folder = a.work / f"{method}-{budget}-seed{seed}"
     save_pruned(slim, folder, widths=pruner.widths(), input_shape=tuple(_example(a).shape))
     rec = {"model": a.model, "method": method, "budget": budget, "seed": seed, "map50": result["map50"],
            "map": result["map"], "predicted_ms": pruner.predict(pruner.widths()), "dense_predicted_ms": pruner.dense_ms}
     (folder / "result.json").write_text(json.dumps(rec, indent=1))
+    ckpt.unlink(missing_ok=True)
     return rec
 
 
-def phase_halp(a: argparse.Namespace) -> None:
+def phase_halp(a: argparse.Namespace) -> bool:
     loaders = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     for seed in a.seeds:
         for budget in a.budgets:
             if not (a.work / f"halp-{budget}-seed{seed}" / "result.json").is_file():
-                _prune_one(a, seed, "halp", budget, None, loaders, table)
+                if _prune_one(a, seed, "halp", budget, None, loaders, table) is None:
+                    return False
+    return True
 
 
 def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace) -> float:
@@ -188,7 +252,7 @@ def phase_match(a: argparse.Namespace) -> None:
             if key in matches:
                 continue
             halp_slim = load_pruned(a.work / f"halp-{budget}-seed{seed}", model=copy.deepcopy(dense_core)).eval()
-            up = UniformPruner(dense_core, _example(a), table, PruneConfig(target=budget))
+            up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget))
             lo, hi, tries = 0.0, 1.0, []
             for _ in range(10):
                 m = 0.5 * (lo + hi)
@@ -205,7 +269,7 @@ def phase_match(a: argparse.Namespace) -> None:
             path.write_text(json.dumps(matches, indent=1))
 
 
-def phase_uniform(a: argparse.Namespace) -> None:
+def phase_uniform(a: argparse.Namespace) -> bool:
     loaders = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     matches = json.loads((a.work / "match.json").read_text())
@@ -215,7 +279,9 @@ def phase_uniform(a: argparse.Namespace) -> None:
                 # the uniform pruner's last step bisects to the largest multiplier predicted within this
                 # target: the matched multiplier's widths (same predicted latency)
                 target = matches[f"{budget}-seed{seed}"]["predicted_ms"] * (1 + 1e-9)
-                _prune_one(a, seed, "uniform", budget, target, loaders, table)
+                if _prune_one(a, seed, "uniform", budget, target, loaders, table) is None:
+                    return False
+    return True
 
 
 def phase_measure(a: argparse.Namespace) -> None:
@@ -307,8 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
-    {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match, "uniform": phase_uniform,
-     "measure": phase_measure}[a.phase](a)
+    done = {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match,
+            "uniform": phase_uniform, "measure": phase_measure}[a.phase](a)
+    if done is False:
+        sys.exit(INCOMPLETE)
 
 
 if __name__ == "__main__":
