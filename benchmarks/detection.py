@@ -334,8 +334,8 @@ def _uniform_final_widths(a: argparse.Namespace, dense_core: torch.nn.Module, ta
 def _networks(a: argparse.Namespace, seed: int, dense_core: torch.nn.Module, table: LatencyTable
               ) -> list[tuple[str, float, torch.nn.Module, dict[str, int]]]:
     """(method, budget, slim network, widths) for every HALP run of this seed and the uniform network matched
-    to it: the fine-tuned one if it is there, else the same widths cut from the dense network (latency
-    depends on the shapes only, so the timing need not wait for the uniform fine-tune)."""
+    to it, cut from the dense network at the widths its fine-tune ends at (latency depends on the shapes
+    only, so the timing need not wait for the uniform fine-tune; ``report`` checks the widths agree)."""
     matches = json.loads((a.work / "match.json").read_text()) if (a.work / "match.json").is_file() else {}
     out = []
     for budget in a.budgets:
