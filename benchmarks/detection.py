@@ -64,7 +64,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
-    p.add_argument("--epochs", type=int, default=30, help="dense training epochs")
+    p.add_argument("--epochs", type=int, default=8, help="dense training epochs (DETECTION_RECIPE's 8)")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW (make_detection_optimizer)")
     p.add_argument("--batch-size", type=int, default=8)
