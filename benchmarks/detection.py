@@ -8,18 +8,20 @@ so that only the timing phases need the machine to itself:
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase profile  # latency table (timing)
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase halp     # HALP prune + fine-tune
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase match    # uniform width vs HALP, measured
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase uniform  # uniform prune + fine-tune
-    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side; figure
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase report   # mAP + latency: json, table, figure
 
 (``benchmarks/detection_run.sh`` runs them all in that order.) Every phase reuses what an earlier one
 left in ``--work`` (checkpoints, table, slim models), so a killed run is resumed by running the phase
-again. ``measure`` writes ``--out`` as a list of ``{"model", "method", "budget", "seed", "map50", "map",
+again. ``measure`` times the networks (the uniform ones by their widths, before their fine-tune) and
+``report`` writes ``--out`` as a list of ``{"model", "method", "budget", "seed", "map50", "map",
 "latency_ms", ...}`` (``budget`` null for dense) and the figure (mAP@0.5 vs measured latency) next to it.
 
-Uniform width scaling is matched to HALP's *measured* latency: ``match`` bisects the width multiplier,
-measuring each candidate slim network interleaved with HALP's (``measure_many``), until the measured
-ratio is within ``--match-tol`` (2%); the uniform fine-tune then prunes to that multiplier's widths
-with the same schedule, steps and learning rate as HALP's. ``--quick`` shrinks everything to check
+Uniform width scaling is matched to HALP's *measured* latency: ``match`` searches the width multiplier
+(from the table's prediction, then regula falsi), measuring each candidate slim network interleaved with
+HALP's (``measure_many``), until the measured ratio is within ``--match-tol`` (2%); the uniform
+fine-tune then prunes to that multiplier's widths with the same schedule, steps and learning rate as HALP's. ``--quick`` shrinks everything to check
 the pipeline in minutes (its numbers mean nothing).
 """
 
@@ -40,26 +42,29 @@ import halp
 import halp.data as data
 from halp.baselines import UniformPruner
 from halp.checkpoint import load_checkpoint, save_checkpoint
+from halp.data.sampler import steps_per_epoch
 from halp.config import PruneConfig
-from halp.detection import DetectorCore, create_detector, evaluate, feature_shapes, train_detector, with_core
+from halp.detection import (DetectorCore, create_detector, evaluate, feature_shapes, make_detection_optimizer,
+                            train_detector, with_core)
 from halp.detection.core import postprocess, preprocess
 from halp.detection.models import INPUT_SIZE
 from halp.latency import LatencyTable, measure_many
 from halp.serialize import load_pruned, save_pruned
 from halp.surgery import keep_from_widths, prune_channels
-from halp.train import TrainConfig
+from halp.train import TrainConfig, cosine_with_warmup
 
 log = logging.getLogger("benchmarks.detection")
+INCOMPLETE = 3  # exit code of a training phase stopped by --slice-minutes (rerun it to resume)
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evaluation summary tables
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=["dense", "profile", "halp", "match", "uniform", "measure"], required=True)
+    p.add_argument("--phase", choices=["dense", "profile", "halp", "match", "uniform", "measure", "report"], required=True)
     p.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
-    p.add_argument("--epochs", type=int, default=30, help="dense training epochs")
+    p.add_argument("--epochs", type=int, default=8, help="dense training epochs (DETECTION_RECIPE's 8)")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW (make_detection_optimizer)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -73,7 +78,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="clock of the match and measure timings; thread (CPU time, 1 thread) resists other jobs")
     p.add_argument("--match-tol", type=float, default=0.02, help="uniform vs HALP measured latency, relative")
     p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
-    p.add_argument("--profile-statistic", default="median", help="median, or p10 on a machine shared with other jobs")
+    p.add_argument("--profile-statistic", default=None,
+                   help="the latency table's statistic (default: the library's; p10 on a machine shared with other jobs)")
+    p.add_argument("--min-fraction", type=float, default=0.1,
+                   help="PruneConfig.min_fraction: no group below this fraction of its dense width (HALP and uniform)")
+    p.add_argument("--slice-minutes", type=float, default=0.0,
+                   help="stop a training phase after this many minutes with a checkpoint (exit code 3); rerun resumes")
     p.add_argument("--quick", action="store_true", help="tiny data, epochs and profile: a pipeline check")
     a = p.parse_args(argv)
     if a.quick:
@@ -105,7 +115,60 @@ def _example(a: argparse.Namespace) -> torch.Tensor:
     return torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
 
 
-def phase_dense(a: argparse.Namespace) -> None:
+class _Slice:
+    """Hooks of one time slice of training: pruner calls (if any), checkpoints, and a stop after the slice."""
+
+    def __init__(self, a: argparse.Namespace, path: Path, det: torch.nn.Module, optimizer: Any, scheduler: Any,
+                 pruner: halp.Pruner | None, total: int) -> None:
+        self.a, self.path, self.det, self.optimizer, self.scheduler, self.pruner = a, path, det, optimizer, scheduler, pruner
+        self.total = total
+        self.t0 = time.perf_counter()
+
+    def after_backward(self, step: int) -> None:
+        if self.pruner is not None:
+            self.pruner.step()
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.pruner is not None:
+            self.pruner.apply_masks()
+
+    def save(self, step: int) -> None:
+        extra = {"pruner": self.pruner.state_dict()} if self.pruner is not None else {}
+        save_checkpoint(self.path, self.det, self.optimizer, self.scheduler, step, extra=extra)
+
+    on_checkpoint = save  # train_detector calls it at every epoch's end
+
+    def should_stop(self, step: int) -> bool:
+        if step >= self.total or not self.a.slice_minutes or time.perf_counter() - self.t0 < 60 * self.a.slice_minutes:
+            return False
+        self.save(step)  # called after the scheduler stepped: everything at `step`
+        log.info("slice over at step %d: checkpoint %s (rerun the phase to resume)", step, self.path)
+        return True
+
+
+def _train_sliced(a: argparse.Namespace, det: torch.nn.Module, tr: Any, cfg: TrainConfig, ckpt: Path,
+                  pruner: halp.Pruner | None = None, test_loader: Any = None) -> dict[str, Any] | None:
+    """``train_detector`` resumable across ``--slice-minutes`` slices; None while unfinished.
+
+    A resumed run is the uninterrupted one (per-step seeding, optimizer, LR schedule and pruner restored).
+    """
+    spe = steps_per_epoch(tr)
+    optimizer = make_detection_optimizer(det, cfg)
+    scheduler = cosine_with_warmup(optimizer, max(cfg.epochs * spe, 1), round(cfg.warmup_epochs * spe))
+    start = 0
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt, det, optimizer, scheduler)
+        start = state["step"]
+        if pruner is not None:
+            pruner.load_state_dict(state["extra"]["pruner"])
+        log.info("resuming %s at step %d", ckpt, start)
+    hooks = _Slice(a, ckpt, det, optimizer, scheduler, pruner, cfg.epochs * spe)
+    res = train_detector(det, tr, cfg, hooks=hooks, start_step=start, optimizer=optimizer, scheduler=scheduler,
+                         test_loader=test_loader, progress=False)
+    return None if res["stopped"] else res
+
+
+def phase_dense(a: argparse.Namespace) -> bool:
     tr, te, info = _loaders(a)
     for seed in a.seeds:
         path = a.work / f"dense-seed{seed}.ckpt"
@@ -113,9 +176,13 @@ def phase_dense(a: argparse.Namespace) -> None:
             continue
         torch.manual_seed(seed)
         det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
-        res = train_detector(det, tr, _cfg(a, a.epochs, seed, a.lr), test_loader=te)
+        res = _train_sliced(a, det, tr, _cfg(a, a.epochs, seed, a.lr), path.with_suffix(".part.ckpt"), test_loader=te)
+        if res is None:
+            return False
         save_checkpoint(path, det, step=res["step"], extra={"test": res["test"], "history": res["history"]})
+        path.with_suffix(".part.ckpt").unlink(missing_ok=True)
         log.info("dense seed %d: %s", seed, res["test"])
+    return True
 
 
 def phase_profile(a: argparse.Namespace) -> None:
@@ -123,51 +190,52 @@ def phase_profile(a: argparse.Namespace) -> None:
     core = DetectorCore(_dense(a, a.seeds[0], info)).eval()
     settings = (dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else
                 dict(grid_points=a.profile_grid, fine_span=0, repeats=7, min_time_ms=15.0, calibration_samples=8,
-                     e2e_repeats=15, statistic=a.profile_statistic))
+                     e2e_repeats=15))
+    if a.profile_statistic is not None and not a.quick:
+        settings["statistic"] = a.profile_statistic
     halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **settings)
 
 
-class _Hooks:
-    """The pruner in the detection loop: importance after backward, masks after the update."""
-
-    def __init__(self, pruner: halp.Pruner) -> None:
-        self.pruner = pruner
-
-    def after_backward(self, step: int) -> None:
-        self.pruner.step()
-
-    def after_optimizer_step(self, step: int) -> None:
-        self.pruner.apply_masks()
+def _prune_config(a: argparse.Namespace, budget: float, target_ms: float | None = None) -> PruneConfig:
+    """HALP's and uniform's config: the same schedule and the same floor on every group's width."""
+    return PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval,
+                       min_fraction=a.min_fraction)
 
 
 def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, target_ms: float | None,
-               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any]:
+               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any] | None:
     tr, te, info = loaders
     det = copy.deepcopy(_dense(a, seed, info))
     core = DetectorCore(det)
-    cfg = PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval)
+    cfg = _prune_config(a, budget, target_ms)
     pruner = (UniformPruner if method == "uniform" else halp.Pruner)(core, _example(a), table, cfg)
-    res = train_detector(det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), hooks=_Hooks(pruner))
+    folder = a.work / f"{method}-{budget}-seed{seed}"
+    ckpt = folder.with_name(folder.name + ".part.ckpt")
+    res = _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt, pruner=pruner)
+    if res is None:
+        return None
     if not pruner.done:
         raise ValueError(f"{a.steps} steps x {a.interval} minibatches do not fit in {res['total_steps']} fine-tune "
                          "steps: lower --steps/--interval or raise --finetune-epochs")
     slim = pruner.finalize().eval()
     result = evaluate(with_core(det, slim), te)
-    folder = a.work / f"{method}-{budget}-seed{seed}"
     save_pruned(slim, folder, widths=pruner.widths(), input_shape=tuple(_example(a).shape))
     rec = {"model": a.model, "method": method, "budget": budget, "seed": seed, "map50": result["map50"],
            "map": result["map"], "predicted_ms": pruner.predict(pruner.widths()), "dense_predicted_ms": pruner.dense_ms}
     (folder / "result.json").write_text(json.dumps(rec, indent=1))
+    ckpt.unlink(missing_ok=True)
     return rec
 
 
-def phase_halp(a: argparse.Namespace) -> None:
+def phase_halp(a: argparse.Namespace) -> bool:
     loaders = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     for seed in a.seeds:
         for budget in a.budgets:
             if not (a.work / f"halp-{budget}-seed{seed}" / "result.json").is_file():
-                _prune_one(a, seed, "halp", budget, None, loaders, table)
+                if _prune_one(a, seed, "halp", budget, None, loaders, table) is None:
+                    return False
+    return True
 
 
 def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace) -> float:
@@ -175,8 +243,38 @@ def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argpa
     return float(stats[1]) / float(stats[0])
 
 
+def _predicted_multiplier(up: UniformPruner, target_ms: float) -> float:
+    """The largest width multiplier whose uniform widths the table predicts at or under ``target_ms``."""
+    lo, hi = 0.0, 1.0
+    for _ in range(20):
+        m = 0.5 * (lo + hi)
+        lo, hi = (m, hi) if up.predict(up.uniform_widths(m)) <= target_ms else (lo, m)
+    return max(lo, 1e-3)
+
+
+def _next_multiplier(tries: list[dict[str, Any]], lo: float, hi: float) -> float:
+    """Regula falsi on the measured ratio between the closest tries either side of 1; else a power-law step
+    from the last try (latency ~ multiplier^1.5), kept inside the bracket ``(lo, hi)``."""
+    below = [t for t in tries if t["ratio_to_halp"] < 1.0]
+    above = [t for t in tries if t["ratio_to_halp"] >= 1.0]
+    if below and above:
+        b = max(below, key=lambda t: t["ratio_to_halp"])
+        c = min(above, key=lambda t: t["ratio_to_halp"])
+        w = (1.0 - b["ratio_to_halp"]) / (c["ratio_to_halp"] - b["ratio_to_halp"])
+        m = b["multiplier"] + w * (c["multiplier"] - b["multiplier"])
+    else:
+        last = tries[-1]
+        m = last["multiplier"] * last["ratio_to_halp"] ** (-1 / 1.5)
+    return m if lo < m < hi else 0.5 * (lo + hi)
+
+
 def phase_match(a: argparse.Namespace) -> None:
-    """Bisect the uniform width multiplier until its slim network measures within ``--match-tol`` of HALP's."""
+    """Search the uniform width multiplier until its slim network measures within ``--match-tol`` of HALP's.
+
+    The first try is the multiplier the table predicts at HALP's predicted latency; then regula falsi on the
+    measured ratio inside a shrinking bracket (bisection where it would leave it). Every try is measured
+    interleaved with HALP's network (``measure_many``) and recorded.
+    """
     _, _, info = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     path = a.work / "match.json"
@@ -187,11 +285,13 @@ def phase_match(a: argparse.Namespace) -> None:
             key = f"{budget}-seed{seed}"
             if key in matches:
                 continue
-            halp_slim = load_pruned(a.work / f"halp-{budget}-seed{seed}", model=copy.deepcopy(dense_core)).eval()
-            up = UniformPruner(dense_core, _example(a), table, PruneConfig(target=budget))
+            folder = a.work / f"halp-{budget}-seed{seed}"
+            halp_slim = load_pruned(folder, model=copy.deepcopy(dense_core)).eval()
+            halp_predicted = json.loads((folder / "result.json").read_text())["predicted_ms"]
+            up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget))
             lo, hi, tries = 0.0, 1.0, []
-            for _ in range(10):
-                m = 0.5 * (lo + hi)
+            m = _predicted_multiplier(up, halp_predicted)
+            for _ in range(8):
                 widths = up.uniform_widths(m)
                 slim = prune_channels(dense_core, up.graph, keep_from_widths(up.graph, None, widths)).eval()
                 ratio = _measured_ratio(slim, halp_slim, a)
@@ -200,12 +300,13 @@ def phase_match(a: argparse.Namespace) -> None:
                 if abs(ratio - 1.0) <= a.match_tol:
                     break
                 lo, hi = (m, hi) if ratio < 1.0 else (lo, m)
+                m = _next_multiplier(tries, lo, hi)
             best = min(tries, key=lambda t: abs(t["ratio_to_halp"] - 1.0))
             matches[key] = {**best, "tries": tries}
             path.write_text(json.dumps(matches, indent=1))
 
 
-def phase_uniform(a: argparse.Namespace) -> None:
+def phase_uniform(a: argparse.Namespace) -> bool:
     loaders = _loaders(a)
     table = LatencyTable.load(a.work / "table.json")
     matches = json.loads((a.work / "match.json").read_text())
@@ -215,33 +316,63 @@ def phase_uniform(a: argparse.Namespace) -> None:
                 # the uniform pruner's last step bisects to the largest multiplier predicted within this
                 # target: the matched multiplier's widths (same predicted latency)
                 target = matches[f"{budget}-seed{seed}"]["predicted_ms"] * (1 + 1e-9)
-                _prune_one(a, seed, "uniform", budget, target, loaders, table)
+                if _prune_one(a, seed, "uniform", budget, target, loaders, table) is None:
+                    return False
+    return True
+
+
+def _uniform_final_widths(a: argparse.Namespace, dense_core: torch.nn.Module, table: LatencyTable, budget: float,
+                          target_ms: float) -> tuple[dict[str, int], Any]:
+    """The widths the uniform fine-tune ends at: its last step's bisection under ``target_ms`` (the step's
+    kept channels never bind: targets fall step by step, and so do the widths)."""
+    up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget, target_ms))
+    ones = {g.name: torch.ones(g.channels) for g in up.groups}
+    ranked = {g.name: torch.arange(g.channels) for g in up.groups}
+    return dict(up._allocate(None, ranked, ones, target_ms).widths), up.graph
+
+
+def _networks(a: argparse.Namespace, seed: int, dense_core: torch.nn.Module, table: LatencyTable
+              ) -> list[tuple[str, float, torch.nn.Module, dict[str, int]]]:
+    """(method, budget, slim network, widths) for every HALP run of this seed and the uniform network matched
+    to it, cut from the dense network at the widths its fine-tune ends at (latency depends on the shapes
+    only, so the timing need not wait for the uniform fine-tune; ``report`` checks the widths agree)."""
+    matches = json.loads((a.work / "match.json").read_text()) if (a.work / "match.json").is_file() else {}
+    out = []
+    for budget in a.budgets:
+        folder = a.work / f"halp-{budget}-seed{seed}"
+        if not (folder / "result.json").is_file():
+            continue
+        out.append(("halp", budget, load_pruned(folder, model=copy.deepcopy(dense_core)).eval(),
+                    json.loads((folder / "halp_model.json").read_text())["widths"]))
+        key = f"{budget}-seed{seed}"
+        if key not in matches:
+            continue
+        widths, graph = _uniform_final_widths(a, dense_core, table, budget, matches[key]["predicted_ms"] * (1 + 1e-9))
+        out.append(("uniform", budget, prune_channels(dense_core, graph, keep_from_widths(graph, None, widths)).eval(),
+                    widths))
+    return out
 
 
 def phase_measure(a: argparse.Namespace) -> None:
-    tr, te, info = _loaders(a)
+    """The timing: every seed's dense, HALP and matched uniform networks measured interleaved, and the
+    postprocessing; written to ``<work>/latency.json`` for ``report``."""
+    _, te, info = _loaders(a)
+    table = LatencyTable.load(a.work / "table.json")
     x = _example(a)
-    records = []
+    rows = []
     for seed in a.seeds:
         det = _dense(a, seed, info)
         dense_core = DetectorCore(det).eval()
-        dense_map = evaluate(det, te)
-        runs = [json.loads(p.read_text()) for p in sorted(a.work.glob(f"*-seed{seed}/result.json"))]
-        cores = [load_pruned(a.work / f"{r['method']}-{r['budget']}-seed{seed}", model=copy.deepcopy(dense_core))
-                 for r in runs]
-        stats = measure_many([dense_core, *cores], x, threads=a.threads, repeats=30, rounds=5, clock=a.match_clock)
-        records.append({"model": a.model, "method": "dense", "budget": None, "seed": seed, "map50": dense_map["map50"],
-                        "map": dense_map["map"], "latency_ms": float(stats[0])})
-        for r, s in zip(runs, stats[1:]):
-            records.append({**r, "latency_ms": float(s), "latency_ratio": float(s) / float(stats[0])})
-        halp_ms = {r["budget"]: r["latency_ms"] for r in records if r["method"] == "halp" and r["seed"] == seed}
-        for r in records:
-            if r["method"] == "uniform" and r["seed"] == seed and r["budget"] in halp_ms:
-                r["matched_ratio_to_halp"] = r["latency_ms"] / halp_ms[r["budget"]]
+        nets = _networks(a, seed, dense_core, table)
+        stats = measure_many([dense_core, *[n for _, _, n, _ in nets]], x, threads=a.threads, repeats=30, rounds=5,
+                             clock=a.match_clock)
+        rows.append({"method": "dense", "budget": None, "seed": seed, "latency_ms": float(stats[0])})
+        for (method, budget, _, widths), st in zip(nets, stats[1:]):
+            rows.append({"method": method, "budget": budget, "seed": seed, "latency_ms": float(st),
+                         "latency_ratio": float(st) / float(stats[0]), "widths": widths})
     # decoding + NMS at batch 1: the fixed cost outside the pruned network, reported apart
     images = [te.dataset[0][0]]
     det.eval()
-    dense_core.eval()
     batch, original = preprocess(det, images)
     with torch.no_grad():
         raw = dense_core(batch.tensors)
@@ -251,11 +382,53 @@ def phase_measure(a: argparse.Namespace) -> None:
     for _ in range(n):
         postprocess(det, *raw, batch, shapes, original)
     post_ms = (time.perf_counter() - t0) / n * 1e3
+    (a.work / "latency.json").write_text(json.dumps(
+        {"rows": rows, "postprocess_ms": post_ms, "threads": a.threads, "clock": a.match_clock,
+         "command": " ".join(sys.argv)}, indent=1))
+    for r in rows:
+        log.info("%s %s seed %d: %.2f ms", r["method"], r["budget"], r["seed"], r["latency_ms"])
+
+
+def phase_report(a: argparse.Namespace) -> None:
+    """No timing: joins the runs' mAP (``result.json``) with ``latency.json`` into ``--out``, the markdown
+    table and the figure. Refuses a uniform run whose fine-tuned widths are not the widths that were timed."""
+    _, te, info = _loaders(a)
+    timing = json.loads((a.work / "latency.json").read_text())
+    lat = {(r["method"], r["budget"], r["seed"]): r for r in timing["rows"]}
+    records = []
+    for seed in a.seeds:
+        dense_map = evaluate(_dense(a, seed, info), te)
+        records.append({"model": a.model, "method": "dense", "budget": None, "seed": seed, "map50": dense_map["map50"],
+                        "map": dense_map["map"], "latency_ms": lat[("dense", None, seed)]["latency_ms"]})
+        for method in ("halp", "uniform"):
+            for budget in a.budgets:
+                folder = a.work / f"{method}-{budget}-seed{seed}"
+                t = lat.get((method, budget, seed))
+                if t is None or not (folder / "result.json").is_file():
+                    log.warning("no %s run at budget %s seed %d (or not timed): left out", method, budget, seed)
+                    continue
+                widths = json.loads((folder / "halp_model.json").read_text())["widths"]
+                if widths != t["widths"]:
+                    raise ValueError(f"{folder}: fine-tuned widths differ from the widths timed; rerun --phase measure")
+                r = json.loads((folder / "result.json").read_text())
+                records.append({**r, "latency_ms": t["latency_ms"], "latency_ratio": t["latency_ratio"]})
+        halp_ms = {r["budget"]: r["latency_ms"] for r in records if r["method"] == "halp" and r["seed"] == seed}
+        for r in records:
+            if r["method"] == "uniform" and r["seed"] == seed and r["budget"] in halp_ms:
+                r["matched_ratio_to_halp"] = r["latency_ms"] / halp_ms[r["budget"]]
+    post_ms = timing["postprocess_ms"]
+    graph = halp.build_graph(DetectorCore(_dense(a, a.seeds[0], info)).eval(), _example(a))
+    channels = {g.name: g.channels for g in graph.groups}
+    for r in records:  # the evidence behind a shortfall: how thin each pruned network's thinnest groups are
+        t = lat.get((r["method"], r["budget"], r["seed"]), {})
+        if "widths" in t:
+            fracs = sorted((w / channels[n], n, w) for n, w in t["widths"].items())
+            r["narrowest"] = [{"group": n, "width": w, "channels": channels[n]} for _, n, w in fracs[:4]]
+            r["groups_at_or_under_0.25"] = sum(f <= 0.25 for f, _, _ in fracs)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(records, indent=1))
     (a.out.with_name(a.out.stem + "_meta.json")).write_text(json.dumps(
-        {"postprocess_ms": post_ms, "threads": a.threads, "clock": a.match_clock, "command": " ".join(sys.argv)},
-        indent=1))
+        {k: timing[k] for k in ("postprocess_ms", "threads", "clock", "command")}, indent=1))
     _figure(records, a.out.with_suffix(".png"))
     a.out.with_suffix(".md").write_text(_markdown(records, post_ms))
     for r in records:
@@ -274,7 +447,12 @@ def _markdown(records: list[dict[str, Any]], post_ms: float) -> str:
         budget = "-" if r["budget"] is None else f"{r['budget']}"
         lines.append(f"| {r['method']} | {budget} | {r['seed']} | {r['map50']:.3f} | {r['map']:.3f} | "
                      f"{r['latency_ms']:.2f} | {ratio} | {pred} | {match} |")
-    lines += ["", f"postprocessing (decode + NMS, batch 1, dense detector): {post_ms:.2f} ms, not in the latencies above"]
+    lines += ["", f"postprocessing (decode + NMS, batch 1, dense detector): {post_ms:.2f} ms, not in the latencies above", ""]
+    for r in records:
+        if "narrowest" in r:
+            thin = ", ".join(f"{t['group']} {t['width']}/{t['channels']}" for t in r["narrowest"])
+            lines.append(f"* {r['method']} {r['budget']} seed {r['seed']}: {r['groups_at_or_under_0.25']} groups at <= 25% "
+                         f"of their width; narrowest: {thin}")
     return "\n".join(lines) + "\n"
 
 
@@ -307,8 +485,10 @@ def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
-    {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match, "uniform": phase_uniform,
-     "measure": phase_measure}[a.phase](a)
+    done = {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match,
+            "uniform": phase_uniform, "measure": phase_measure, "report": phase_report}[a.phase](a)
+    if done is False:
+        sys.exit(INCOMPLETE)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,33 @@ def test_width_curves_agree_with_full_predictions_under_an_interp_calibration():
         full = [predict_from_widths(graph, table, {**widths, g.name: int(c)}) for c in cands]
         np.testing.assert_allclose(curve, full, rtol=1e-9)
     assert any(table.layer_interpolated(l, *graph.layer_widths(widths)[l.name]) for l in graph.layers)
+
+
+@pytest.mark.parametrize("target,fraction", [(0.4, 0.25), (0.5, 0.4)])
+def test_min_fraction_floors_every_width_through_the_knapsack(table, target, fraction):
+    """A tight budget drives some group under ``fraction`` of its width without the floor; with it, no group
+    (knapsack steps, refinement, the slim model) keeps fewer than ceil(fraction x channels)."""
+    import math
+
+    free = halp.Pruner(model := make_model(), X, table, halp.PruneConfig(target=target, steps=2, interval=1,
+                                                                          protect_stem=False))
+    run_loop(model, free, batches(2))
+    floors = {n: math.ceil(fraction * free.graph.group(n).channels) for n in free.widths()}
+    assert any(w < floors[n] for n, w in free.widths().items()), free.widths()  # the floor has work to do
+
+    model = make_model()
+    cfg = halp.PruneConfig(target=target, steps=2, interval=1, protect_stem=False, min_fraction=fraction)
+    pruner = halp.Pruner(model, X, table, cfg)
+    run_loop(model, pruner, batches(2))
+    assert pruner.done
+    for step in pruner.history:  # every step's solve, not only the last
+        assert all(w >= floors[n] for n, w in step["widths"].items()), step["widths"]
+        assert step["predicted_ms"] <= step["target_ms"] * (1 + 1e-9)
+    widths = pruner.widths()
+    assert all(w >= floors[n] for n, w in widths.items()), (widths, floors)
+    assert pruner.predict(widths) <= pruner.final_ms * (1 + 1e-9)
+    slim = pruner.finalize()
+    convs = {n: m.out_channels for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for name, w in widths.items():
+        if name in convs:
+            assert convs[name] == w >= floors[name]

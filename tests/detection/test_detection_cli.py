@@ -4,6 +4,7 @@ and a killed detection prune resumed through the same command."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +14,10 @@ import halp
 import halp.data as data
 from halp.cli.main import main
 from halp.detection import DetectorCore, create_detector, detect, evaluate
+from halp.cli.main import build_parser
+from halp.cli.prune import recipe_from_args
+from halp.detection.run import MIN_FRACTION, prune_recipe
+from halp.recipe import Recipe
 from halp.run import _PrunerHooks
 
 MODEL = "torchvision:ssdlite320_mobilenet_v3_large"
@@ -59,6 +64,9 @@ def test_cli_prunes_a_detector_whose_slim_form_reloads_detects_and_exports(asset
         assert 0 <= r["map50"] <= 1 and 0 <= r["map"] <= r["map50"] + 1e-9
         assert r["latency_ms"] > 0 and r["postprocess_ms"] > 0
     assert sum(w < report["dense_widths"][n] for n, w in report["widths"].items()) >= 3
+    # detection's default width floor: no group under 10% of its channels
+    assert report["config"]["min_fraction"] == MIN_FRACTION == 0.1
+    assert all(w >= math.ceil(0.1 * report["dense_widths"][n]) for n, w in report["widths"].items())
     # the slim *detector* comes back from JSON + safetensors and gives the run's own mAP
     slim = halp.load_pruned(out / "pruned").eval()
     dense = halp.load_pruned(out / "dense").eval()
@@ -113,3 +121,15 @@ def test_killed_cli_detection_prune_resumes_to_the_same_masks(assets, tmp_path, 
     assert list(a) == list(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_min_fraction_defaults_for_detection_and_the_cli_sets_or_refuses_it():
+    base = {"task": "detection", "model": MODEL, "data": "shapes-voc"}
+    assert prune_recipe(Recipe.from_dict({**base, "prune": {"target": 0.5}})).prune_config().min_fraction == 0.1
+    chosen = Recipe.from_dict({**base, "prune": {"min_fraction": 0.0}})
+    assert prune_recipe(chosen).prune_config().min_fraction == 0.0  # the recipe's own choice wins
+    args = build_parser().parse_args(["prune", "--task", "detection", "--model", MODEL, "--min-fraction", "0.25"])
+    assert recipe_from_args(args).prune_config().min_fraction == 0.25
+    bad = build_parser().parse_args(["prune", "--model", MODEL, "--min-fraction", "1.5"])
+    with pytest.raises(ValueError, match="min_fraction must be in"):
+        recipe_from_args(bad)

@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, help="pruning steps k")
     p.add_argument("--interval", type=int, help="minibatches r between pruning steps")
     p.add_argument("--grouping", help="'auto' or a fixed channel block size")
+    p.add_argument("--min-fraction", type=float,
+                   help="no group keeps fewer than this fraction of its channels (default 0; detection 0.1)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, help="training batch size per process")
@@ -63,7 +65,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         except ValueError:
             raise ValueError(f"--grouping must be 'auto' or a positive integer, got {grouping!r}") from None
     for key, value in (("target", args.target), ("target_ms", args.target_ms), ("steps", args.steps),
-                       ("interval", args.interval), ("grouping", grouping)):
+                       ("interval", args.interval), ("grouping", grouping), ("min_fraction", args.min_fraction)):
         if value is not None:
             prune[key] = value
     train = dict(data.get("train", {}))

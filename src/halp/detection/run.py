@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 # SSDlite's own 0.03 lets eval-mode statistics trail the weights in a short CPU run (see create_detector)
 BN_MOMENTUM = 0.1
+# PruneConfig.min_fraction unless the recipe's ``prune`` sets it. A detector's thin layers (SE squeezes,
+# extra-layer 1x1 convs, the first high-resolution expansions) are where a knapsack fed a distorted table
+# cut to a single channel, and mAP@0.5 fell from 0.436 to 0.221 (docs/results.md, issue 14).
+MIN_FRACTION = 0.1
+
+
+def prune_recipe(recipe: Recipe) -> Recipe:
+    """The recipe the detection pruner runs: no measured feedback (the schedule follows the table), and
+    :data:`MIN_FRACTION` as the width floor where the recipe does not choose one."""
+    return dataclasses.replace(recipe, feedback_steps=0, prune={"min_fraction": MIN_FRACTION, **dict(recipe.prune)})
 
 
 def _config(base: TrainConfig, overrides: Any, **defaults: Any) -> TrainConfig:
@@ -131,7 +141,7 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     table = _table(recipe, core, example, out, progress)
 
     # no measured feedback for detection yet: the schedule follows the table (see the README)
-    pruner = _make_pruner(dataclasses.replace(recipe, feedback_steps=0), core, example, table, dense=core)
+    pruner = _make_pruner(prune_recipe(recipe), core, example, table, dense=core)
     spe = len(train_loader)
     if pruner.schedule[-1] > tcfg.epochs * spe:
         raise ValueError(
