@@ -169,6 +169,23 @@ def test_depthwise_convolutions_get_their_own_weight_when_they_need_it():
     assert "kind" not in loo and e == a
 
 
+def test_a_fit_that_trades_layer_time_for_op_time_is_not_offered():
+    """Samples where op time alone explains the measurements (layers and ops grow together): the split
+    form would weight the layers ~0 and the ops ~4x; it is not offered and a form that keeps the layers'
+    weight is chosen instead."""
+    from halp.latency.fit import MIN_LAYER_WEIGHT
+
+    rng = np.random.default_rng(3)
+    lay = rng.uniform(5.0, 15.0, 16)
+    ops = 0.2 * lay * rng.uniform(0.8, 1.2, 16)
+    y = 4.0 * ops + 0.1
+    a, b, c, d, e, method, loo = fit_calibration(lay, ops, y)
+    assert "split" not in loo and "kind" not in loo
+    assert method in ("scale", "affine") and a == b and min(a, d, e) >= MIN_LAYER_WEIGHT
+    pred = a * (lay + ops) + c
+    assert np.median(np.abs(pred / y - 1)) < 0.1  # still a usable prediction
+
+
 def test_axis_grid():
     g = axis_grid(256, 1, 12, align=8)
     assert g[0] == 1 and g[-1] == 256 and len(g) <= 12 and np.all(g[1:-1] % 8 == 0)
