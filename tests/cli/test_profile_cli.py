@@ -130,6 +130,6 @@ def test_cli_int8_profile_and_latency_on_another_backend(tmp_path, capsys):
     capsys.readouterr()
     assert main(["-q", "latency", "resnet20", "--table", str(path), "--backend", "openvino", "--repeats", "3"]) == 0
     out = capsys.readouterr().out
-    assert "onnxruntime-int8" in out and "runs, openvino)" in out
+    assert "onnxruntime-int8" in out and "interleaved rounds; IQR" in out and ", openvino)" in out
     measured = float(out.split("measured:")[1].split("ms")[0])
     assert measured > 0
