@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cells import update_results  # noqa: E402
+from latency_fidelity import ACCEPT  # noqa: E402
+from latency_fidelity import meets as fidelity_meets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "fidelity"
@@ -34,7 +36,6 @@ MODELS = ("mobilenet_v1@128", "resnet18@160", "torchvision:mobilenet_v3_large@22
 DEFAULT_CELLS = ([f"{m}:1" for m in MODELS[:4]] + [f"{m}:2" for m in MODELS[:4]]
                  + [f"{m}:{t}" for m in MODELS[4:] for t in (1, 2)]
                  + [f"{m}:{t}:aligned" for t in (1, 2) for m in MODELS])
-ACCEPT = {"median_abs_rel_error": 0.05, "p90_abs_rel_error": 0.12, "pearson_r_reduction": 0.95}
 
 
 def parse_cell(cell: str) -> tuple[str, int, int, bool]:
@@ -84,8 +85,7 @@ def run_cell(cell: str, variants: int, passes: int) -> None:
 
 
 def meets(m: dict[str, float]) -> bool:
-    return (m["median_abs_rel_error"] <= ACCEPT["median_abs_rel_error"] and m["p90_abs_rel_error"] <= ACCEPT["p90_abs_rel_error"]
-            and m["pearson_r_reduction"] >= ACCEPT["pearson_r_reduction"])
+    return fidelity_meets(m, ACCEPT)
 
 
 def ratio_errors(r: dict, key: str) -> tuple[float, float]:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cells import write_section  # noqa: E402
-from latency_fidelity import DEFAULT_GUARD, ROOT, metrics, noise, run_model, scatter  # noqa: E402,F401
+from latency_fidelity import DEFAULT_GUARD, ROOT, metrics, noise, print_verdicts, run_model, scatter  # noqa: E402,F401
 
 from halp.latency.backends import cpu_model_name  # noqa: E402
 
@@ -166,14 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     scatter(results, fig)
     if not args.no_docs:
         write_results_md(results, args, fig, js)
-    for r in results:
-        for kind in ("session", "profiled"):
-            if kind in r:
-                k = r[kind]
-                ok = k["median_abs_rel_error"] <= ACCEPT_ERR and k["pearson_r_reduction"] >= ACCEPT_R
-                print(f"{r['model']} ({kind} calibration): r={k['pearson_r_reduction']:.4f} "
-                      f"median|err|={100 * k['median_abs_rel_error']:.2f}% p90={100 * k['p90_abs_rel_error']:.2f}% "
-                      f"table {r['table_build_s']:.0f}s -> {'PASS' if ok else 'FAIL'}")
+    print_verdicts(results, {"median_abs_rel_error": ACCEPT_ERR, "pearson_r_reduction": ACCEPT_R})
     return 0
 
 
