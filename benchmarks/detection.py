@@ -6,7 +6,7 @@ so that only the timing phases need the machine to itself:
 
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase dense    # train dense detectors
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase profile  # latency table (timing)
-    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase halp     # HALP prune + fine-tune
+    flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase halp     # HALP prune + fine-tune (measures)
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase match    # uniform width vs HALP, measured
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase uniform  # uniform prune + fine-tune
@@ -21,7 +21,11 @@ again. ``measure`` times the networks (the uniform ones by their widths, before 
 Uniform width scaling is matched to HALP's *measured* latency: ``match`` searches the width multiplier
 (from the table's prediction, then regula falsi), measuring each candidate slim network interleaved with
 HALP's (``measure_many``), until the measured ratio is within ``--match-tol`` (2%); the uniform
-fine-tune then prunes to that multiplier's widths with the same schedule, steps and learning rate as HALP's. ``--quick`` shrinks everything to check
+fine-tune then prunes to exactly that multiplier's widths at its last step (the table's prediction is not
+monotone in the multiplier, so a bisection on it can land elsewhere) with the same schedule, steps and
+learning rate as HALP's. HALP runs with the library's closed loop (``--feedback-steps``, as ``halp prune``):
+its last steps measure the slim network the solver proposes against the dense one, so its budget holds as
+measured; that phase therefore wants the machine alone too. ``--quick`` shrinks everything to check
 the pipeline in minutes (its numbers mean nothing).
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -48,7 +53,9 @@ from halp.detection import (DetectorCore, create_detector, evaluate, feature_sha
                             train_detector, with_core)
 from halp.detection.core import postprocess, preprocess
 from halp.detection.models import INPUT_SIZE
+from halp.feedback import DeviceFeedback
 from halp.latency import LatencyTable, measure_many
+from halp.run import ratio_meter
 from halp.serialize import load_pruned, save_pruned
 from halp.surgery import keep_from_widths, prune_channels
 from halp.train import TrainConfig, cosine_with_warmup
@@ -80,6 +87,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
     p.add_argument("--profile-statistic", default=None,
                    help="the latency table's statistic (default: the library's; p10 on a machine shared with other jobs)")
+    p.add_argument("--feedback-steps", type=int, default=2,
+                   help="HALP's last steps measured on this CPU (halp.feedback; 0: the table alone)")
+    p.add_argument("--measure-seconds", type=float, default=1.0,
+                   help="seconds per network of each closed-loop and matching measurement (Recipe.measure_seconds)")
     p.add_argument("--min-fraction", type=float, default=0.1,
                    help="PruneConfig.min_fraction: no group below this fraction of its dense width (HALP and uniform)")
     p.add_argument("--slice-minutes", type=float, default=0.0,
@@ -202,13 +213,36 @@ def _prune_config(a: argparse.Namespace, budget: float, target_ms: float | None 
                        min_fraction=a.min_fraction)
 
 
+class _MatchedUniform(UniformPruner):
+    """Uniform scaling whose last step keeps exactly the widths matched to HALP's measured latency."""
+
+    final_widths: dict[str, int] = {}
+
+    def _allocate(self, offers, ranked, scores, target):
+        result = super()._allocate(offers, ranked, scores, target)
+        if self.pruning_step < self.config.steps - 1 or not self.final_widths:
+            return result
+        predicted = self.predict(self.final_widths)
+        return dataclasses.replace(result, widths=dict(self.final_widths), knapsack_ms=predicted, predicted_ms=predicted)
+
+
 def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, target_ms: float | None,
-               loaders: tuple[Any, Any, Any], table: LatencyTable) -> dict[str, Any] | None:
+               loaders: tuple[Any, Any, Any], table: LatencyTable,
+               final_widths: dict[str, int] | None = None) -> dict[str, Any] | None:
     tr, te, info = loaders
     det = copy.deepcopy(_dense(a, seed, info))
     core = DetectorCore(det)
     cfg = _prune_config(a, budget, target_ms)
-    pruner = (UniformPruner if method == "uniform" else halp.Pruner)(core, _example(a), table, cfg)
+    if method == "uniform":
+        pruner = _MatchedUniform(core, _example(a), table, cfg)
+        pruner.final_widths = dict(final_widths or {})
+    else:
+        pruner = halp.Pruner(core, _example(a), table, cfg)
+        if a.feedback_steps > 0:
+            dense_core = DetectorCore(_dense(a, seed, info)).eval()
+            pruner.feedback = DeviceFeedback(
+                ratio_meter(dense_core, _example(a), pruner.dense_ms, threads=a.threads, seconds=a.measure_seconds),
+                steps=min(a.feedback_steps, a.steps))
     folder = a.work / f"{method}-{budget}-seed{seed}"
     ckpt = folder.with_name(folder.name + ".part.ckpt")
     res = _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt, pruner=pruner)
@@ -221,7 +255,8 @@ def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, tar
     result = evaluate(with_core(det, slim), te)
     save_pruned(slim, folder, widths=pruner.widths(), input_shape=tuple(_example(a).shape))
     rec = {"model": a.model, "method": method, "budget": budget, "seed": seed, "map50": result["map50"],
-           "map": result["map"], "predicted_ms": pruner.predict(pruner.widths()), "dense_predicted_ms": pruner.dense_ms}
+           "map": result["map"], "predicted_ms": pruner.predict(pruner.widths()), "dense_predicted_ms": pruner.dense_ms,
+           "loop_measured_ratio": pruner.history[-1].get("measured_ratio")}
     (folder / "result.json").write_text(json.dumps(rec, indent=1))
     ckpt.unlink(missing_ok=True)
     return rec
@@ -239,7 +274,10 @@ def phase_halp(a: argparse.Namespace) -> bool:
 
 
 def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace) -> float:
-    stats = measure_many([reference, model], _example(a), threads=a.threads, repeats=15, rounds=6, clock=a.match_clock)
+    """``model`` over ``reference``, side by side for about ``--measure-seconds`` each (halp's statistic)."""
+    if a.match_clock == "wall":
+        return ratio_meter(reference, _example(a), 30.0, threads=a.threads, seconds=a.measure_seconds)(model)
+    stats = measure_many([reference, model], _example(a), threads=a.threads, repeats=30, rounds=8, clock=a.match_clock)
     return float(stats[1]) / float(stats[0])
 
 
@@ -313,22 +351,21 @@ def phase_uniform(a: argparse.Namespace) -> bool:
     for seed in a.seeds:
         for budget in a.budgets:
             if not (a.work / f"uniform-{budget}-seed{seed}" / "result.json").is_file():
-                # the uniform pruner's last step bisects to the largest multiplier predicted within this
-                # target: the matched multiplier's widths (same predicted latency)
-                target = matches[f"{budget}-seed{seed}"]["predicted_ms"] * (1 + 1e-9)
-                if _prune_one(a, seed, "uniform", budget, target, loaders, table) is None:
+                # the schedule's targets fall to the matched network's predicted latency; its last step
+                # keeps exactly the matched multiplier's widths
+                match = matches[f"{budget}-seed{seed}"]
+                widths = _matched_widths(a, DetectorCore(_dense(a, seed, loaders[2])).eval(), table, budget, match)[0]
+                target = match["predicted_ms"] * (1 + 1e-9)
+                if _prune_one(a, seed, "uniform", budget, target, loaders, table, final_widths=widths) is None:
                     return False
     return True
 
 
-def _uniform_final_widths(a: argparse.Namespace, dense_core: torch.nn.Module, table: LatencyTable, budget: float,
-                          target_ms: float) -> tuple[dict[str, int], Any]:
-    """The widths the uniform fine-tune ends at: its last step's bisection under ``target_ms`` (the step's
-    kept channels never bind: targets fall step by step, and so do the widths)."""
-    up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget, target_ms))
-    ones = {g.name: torch.ones(g.channels) for g in up.groups}
-    ranked = {g.name: torch.arange(g.channels) for g in up.groups}
-    return dict(up._allocate(None, ranked, ones, target_ms).widths), up.graph
+def _matched_widths(a: argparse.Namespace, dense_core: torch.nn.Module, table: LatencyTable, budget: float,
+                    match: dict[str, Any]) -> tuple[dict[str, int], Any]:
+    """The widths of the matched multiplier, which the uniform fine-tune ends at."""
+    up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget, match["predicted_ms"]))
+    return up.uniform_widths(match["multiplier"]), up.graph
 
 
 def _networks(a: argparse.Namespace, seed: int, dense_core: torch.nn.Module, table: LatencyTable
@@ -347,7 +384,7 @@ def _networks(a: argparse.Namespace, seed: int, dense_core: torch.nn.Module, tab
         key = f"{budget}-seed{seed}"
         if key not in matches:
             continue
-        widths, graph = _uniform_final_widths(a, dense_core, table, budget, matches[key]["predicted_ms"] * (1 + 1e-9))
+        widths, graph = _matched_widths(a, dense_core, table, budget, matches[key])
         out.append(("uniform", budget, prune_channels(dense_core, graph, keep_from_widths(graph, None, widths)).eval(),
                     widths))
     return out
@@ -364,7 +401,7 @@ def phase_measure(a: argparse.Namespace) -> None:
         det = _dense(a, seed, info)
         dense_core = DetectorCore(det).eval()
         nets = _networks(a, seed, dense_core, table)
-        stats = measure_many([dense_core, *[n for _, _, n, _ in nets]], x, threads=a.threads, repeats=30, rounds=5,
+        stats = measure_many([dense_core, *[n for _, _, n, _ in nets]], x, threads=a.threads, repeats=80, rounds=16,
                              clock=a.match_clock)
         rows.append({"method": "dense", "budget": None, "seed": seed, "latency_ms": float(stats[0])})
         for (method, budget, _, widths), st in zip(nets, stats[1:]):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The detection benchmark end to end (issue 14): timing phases under the exclusive CPU lock, training under
-# the shared one, every locked command at most ~9 minutes (training phases stop with a checkpoint after
+# The detection benchmark end to end (issue 14): timing phases (and HALP, whose closed loop measures) under the
+# exclusive CPU lock, training under the shared one, every locked command at most ~9 minutes (training phases stop with a checkpoint after
 # --slice-minutes and exit 3; profile and match resume from what they wrote). Resumable: rerun the script
 # after a kill and every phase skips what is already done. One process per seed and budget, one thread each.
 #   benchmarks/detection_run.sh [extra args for benchmarks/detection.py, e.g. --finetune-epochs 3]
@@ -37,7 +37,8 @@ par() {  # one sliced process per seed (and budget with $2=budgets); fail if any
 }
 par dense seeds "$@" || exit 1
 sliced -x --phase profile --seeds ${SEEDS%% *} "$@" || exit 1   # the table of the first seed's dense network
-par halp budgets "$@" || exit 1
+# HALP's closed loop measures on this CPU: one run at a time, with the machine to itself
+for s in $SEEDS; do for b in $BUDGETS; do sliced -x --phase halp --seeds "$s" --budgets "$b" "$@" || exit 1; done; done
 # one exclusive slot: match uniform to HALP, then time everything (uniform by its widths: shapes set latency)
 lock -x timeout 600 bash -c "$PY $B --phase match --seeds $SEEDS --budgets $BUDGETS $* && \
   $PY $B --phase measure --seeds $SEEDS --budgets $BUDGETS $*" || exit 1

@@ -96,33 +96,52 @@ def _table(recipe: Recipe, model: nn.Module, example: torch.Tensor, out: Path, p
 MAX_MEASURE_REPEATS = 1000
 
 
-def measure_pair(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
+def pair_meter(dense: nn.Module, example: torch.Tensor, expected_ms: float, *, backend: str = "torch-cpu",
+               threads: int | None = None, seconds: float = 1.0, min_repeats: int = 40):
     """``slim model -> (dense stats, slim stats)``, both measured in the same interleaved rounds with
-    halp's statistic on the recipe's backend and threads, each for about ``recipe.measure_seconds``
-    (``expected_ms``, the table's dense latency, sizes the repeats; one round per ~10 forwards)."""
+    halp's statistic, each for about ``seconds`` (``expected_ms``, the table's dense latency, sizes the
+    repeats: at least ``min_repeats``, at most :data:`MAX_MEASURE_REPEATS`; one round per ~10 forwards).
+
+    Budgets are ratios to the dense model, so both are always timed side by side: on a shared machine the
+    level drifts by several percent within minutes while the ratio moves 1-3% (docs/results.md).
+    """
     from halp.latency import measure_many
 
-    want = math.ceil(1000.0 * recipe.measure_seconds / max(float(expected_ms), 1e-3))
-    repeats = int(min(max(recipe.measure_repeats, want), MAX_MEASURE_REPEATS))
+    want = math.ceil(1000.0 * seconds / max(float(expected_ms), 1e-3))
+    repeats = int(min(max(min_repeats, want), MAX_MEASURE_REPEATS))
     rounds = max(8, repeats // 10)
 
     def measure(slim: nn.Module) -> tuple[Any, Any]:
-        a, b = measure_many([dense, slim], example, backend=recipe.backend, threads=recipe.threads,
-                            repeats=repeats, rounds=rounds)
+        a, b = measure_many([dense, slim], example, backend=backend, threads=threads, repeats=repeats, rounds=rounds)
         return a, b
 
     return measure
 
 
-def ratio_measure(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
-    """``slim model -> its latency / the dense model's`` (see :func:`measure_pair`)."""
-    pair = measure_pair(recipe, dense, example, expected_ms)
+def ratio_meter(dense: nn.Module, example: torch.Tensor, expected_ms: float, **kwargs: Any):
+    """``slim model -> its latency / the dense model's`` (arguments as :func:`pair_meter`)."""
+    pair = pair_meter(dense, example, expected_ms, **kwargs)
 
     def measure(slim: nn.Module) -> float:
         a, b = pair(slim)
         return b.latency_ms / a.latency_ms
 
     return measure
+
+
+def _meter_settings(recipe: Recipe) -> dict[str, Any]:
+    return {"backend": recipe.backend, "threads": recipe.threads, "seconds": recipe.measure_seconds,
+            "min_repeats": recipe.measure_repeats}
+
+
+def measure_pair(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
+    """:func:`pair_meter` on the recipe's backend and threads, for ``recipe.measure_seconds`` per model."""
+    return pair_meter(dense, example, expected_ms, **_meter_settings(recipe))
+
+
+def ratio_measure(recipe: Recipe, dense: nn.Module, example: torch.Tensor, expected_ms: float):
+    """:func:`ratio_meter` on the recipe's backend and threads, for ``recipe.measure_seconds`` per model."""
+    return ratio_meter(dense, example, expected_ms, **_meter_settings(recipe))
 
 
 def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table: Any, dense: nn.Module):

@@ -47,3 +47,33 @@ def test_next_multiplier_interpolates_inside_the_bracket():
     tries.append({"multiplier": 0.6, "ratio_to_halp": 1.1})
     assert bench._next_multiplier(tries, 0.5, 0.6) == pytest.approx(0.55)  # regula falsi between the two
     assert bench._next_multiplier([{"multiplier": 0.9, "ratio_to_halp": 0.2}], 0.9, 1.0) == pytest.approx(0.95)
+
+
+def test_matched_uniform_ends_at_exactly_the_matched_widths():
+    """The uniform baseline's last step keeps the matched multiplier's widths, even where a bisection on the
+    table's (non-monotone) prediction would stop at another multiplier; earlier steps are untouched."""
+    import halp
+    from fakes import FakeBackend, TinyNet
+
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    table = halp.profile(TinyNet(width=32), x, backend=FakeBackend(), progress=False, grid_points=4, fine_span=0)
+    model = TinyNet(width=32)
+    cfg = halp.PruneConfig(target=0.5, steps=2, interval=1, protect_stem=False)
+    pruner = bench._MatchedUniform(model, x, table, cfg)
+    matched = pruner.uniform_widths(0.37)
+    pruner.final_widths = dict(matched)
+    g = torch.Generator().manual_seed(1)
+    results = []
+    for _ in range(2):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16, generator=g)),
+                                          torch.randint(0, 5, (4,), generator=g)).backward()
+        results.append(pruner.step())
+    assert pruner.done and pruner.widths() == matched
+    assert results[-1].predicted_ms == pytest.approx(pruner.predict(matched))
+    assert results[0].widths != matched  # the first step is the plain uniform bisection to its own target
+    plain = bench.UniformPruner(TinyNet(width=32), x, table, cfg)
+    assert pruner.history[0]["widths"] == plain._allocate(None, {gr.name: torch.arange(gr.channels) for gr in plain.groups},
+                                                          {gr.name: torch.ones(gr.channels) for gr in plain.groups},
+                                                          pruner.history[0]["target_ms"]).widths

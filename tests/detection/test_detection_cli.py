@@ -36,20 +36,23 @@ def assets(tmp_path_factory):
     return root, info
 
 
-def _config(assets, out) -> str:
+def _config(assets, out, **extra) -> str:
     root, _ = assets
+    # a fake table and no measured feedback: the masks depend only on the seed (the resume test needs that)
     cfg = {"model": MODEL, "data": "shapes-voc", "data_root": str(root), "data_kwargs": TINY,
-           "table": str(root / "table.json"), "threads": 1, "measure_repeats": 2,
+           "table": str(root / "table.json"), "threads": 1, "measure_repeats": 2, "measure_seconds": 0,
+           "feedback_steps": 0,
            "dense_train": {"epochs": 1, "batch_size": 2, "warmup_epochs": 0.0},
            "prune": {"target": 0.6, "steps": 2, "interval": 1},
-           "train": {"epochs": 2, "batch_size": 2, "warmup_epochs": 0.0, "checkpoint_every": 1}}
+           "train": {"epochs": 2, "batch_size": 2, "warmup_epochs": 0.0, "checkpoint_every": 1}, **extra}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return str(path)
 
 
-def _prune(assets, out) -> dict:
-    assert main(["--quiet", "prune", "--task", "detection", "--config", _config(assets, out), "-o", str(out)]) == 0
+def _prune(assets, out, **extra) -> dict:
+    assert main(["--quiet", "prune", "--task", "detection", "--config", _config(assets, out, **extra),
+                 "-o", str(out)]) == 0
     return json.loads((out / "report.json").read_text())
 
 
@@ -133,3 +136,32 @@ def test_min_fraction_defaults_for_detection_and_the_cli_sets_or_refuses_it():
     bad = build_parser().parse_args(["prune", "--model", MODEL, "--min-fraction", "1.5"])
     with pytest.raises(ValueError, match="min_fraction must be in"):
         recipe_from_args(bad)
+
+
+def test_detection_budget_holds_as_measured_through_the_closed_loop(assets, tmp_path, monkeypatch):
+    """A device whose latency the fake table gets wrong (a fixed overhead plus conv weights): the last two
+    steps measure the proposed slim network against the dense one, and the schedule ends inside
+    [0.95, 1.00] x the budget as measured; the report says budget, predicted and measured."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    def device_ms(m):
+        return 2.0 + 1e-5 * sum(p.numel() for p in m.parameters() if p.dim() == 4)
+
+    calls = []
+
+    def fake_measure(models, *args, **kwargs):
+        calls.append(len(models))
+        return [LatencyStats(v, 0.0, v, [v], [v]) for v in map(device_ms, models)]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    report = _prune(assets, tmp_path / "run", feedback_steps=2)
+    budget = 0.6
+    assert report["budget_ratio"] == pytest.approx(budget)
+    assert (1 - 0.05) * budget <= report["latency_ratio"] <= budget
+    assert report["steps"][-1]["measured_ratio"] == pytest.approx(report["latency_ratio"])
+    assert "feedback" in report["steps"][-1] and report["steps"][-1]["feedback"]
+    # the table alone would have missed: its prediction of the final widths is not what the device says
+    assert abs(report["predicted_ratio"] - report["latency_ratio"]) > 0.02
+    assert report["pruned"]["latency_ms"] == pytest.approx(report["latency_ratio"] * report["dense"]["latency_ms"])
+    assert set(calls) == {2}  # every measurement is dense and slim side by side

@@ -15,7 +15,10 @@ The same stages as :func:`halp.run.run`, with the detector's pieces in place of 
 
 The fine-tuning and dense-training configs start from :data:`~halp.detection.DETECTION_RECIPE` (AdamW;
 fine-tuning at a fifth of its learning rate) and the recipe's ``train``/``dense_train`` keys override
-it. The measured-latency corrections of the classification run are not applied here.
+it. As in classification, the last ``feedback_steps`` pruning steps measure the slim per-image network
+the solver proposes against the dense one on the device (:mod:`halp.feedback`), so the budget holds as
+measured. The correction step after the schedule is not run here: it would need the detector's loss in
+:func:`halp.run._verify_on_device`; the report states budget, predicted and measured ratios instead.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ MIN_FRACTION = 0.1
 
 
 def prune_recipe(recipe: Recipe) -> Recipe:
-    """The recipe the detection pruner runs: no measured feedback (the schedule follows the table), and
-    :data:`MIN_FRACTION` as the width floor where the recipe does not choose one."""
-    return dataclasses.replace(recipe, feedback_steps=0, prune={"min_fraction": MIN_FRACTION, **dict(recipe.prune)})
+    """The recipe the detection pruner runs: :data:`MIN_FRACTION` as the width floor where the recipe does
+    not choose one."""
+    return dataclasses.replace(recipe, prune={"min_fraction": MIN_FRACTION, **dict(recipe.prune)})
 
 
 def _config(base: TrainConfig, overrides: Any, **defaults: Any) -> TrainConfig:
@@ -115,8 +118,7 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     from halp.checkpoint import load_checkpoint
     from halp.detection import DetectorCore, evaluate, make_detection_optimizer, train_detector
     from halp.detection.network import network_input
-    from halp.latency import measure_many
-    from halp.run import _make_pruner, _PrunerHooks, _table
+    from halp.run import _make_pruner, _PrunerHooks, _table, measure_pair
     from halp.serialize import attach_spec, load_pruned, save_pruned
     from halp.surgery import prune_channels
     from halp.train import cosine_with_warmup
@@ -140,8 +142,10 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     core = DetectorCore(det).eval()
     table = _table(recipe, core, example, out, progress)
 
-    # no measured feedback for detection yet: the schedule follows the table (see the README)
-    pruner = _make_pruner(prune_recipe(recipe), core, example, table, dense=core)
+    # the dense reference the closed loop and the final measurement time the slim networks against
+    dense = load_pruned(out / "dense").eval()
+    dense_core = DetectorCore(dense).eval()
+    pruner = _make_pruner(prune_recipe(recipe), core, example, table, dense=dense_core)
     spe = len(train_loader)
     if pruner.schedule[-1] > tcfg.epochs * spe:
         raise ValueError(
@@ -167,10 +171,8 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     slim = prune_channels(det, pruner.graph, pruner._pruned_keep()).eval()
     attach_spec(slim, pruner.widths(), tuple(example.shape))
     pruned_map = evaluate(slim, test_loader)
-    dense = load_pruned(out / "dense").eval()
-    dense_core, slim_core = DetectorCore(dense).eval(), DetectorCore(slim).eval()
-    stats = measure_many([dense_core, slim_core], example, backend=recipe.backend, threads=recipe.threads,
-                         repeats=recipe.measure_repeats)
+    slim_core = DetectorCore(slim).eval()
+    stats = measure_pair(recipe, dense_core, example, pruner.dense_ms)(slim_core)
     image = test_loader.dataset[0][0]
     post = [_postprocess_ms(d, c, image, 20) for d, c in ((dense, dense_core), (slim, slim_core))]
     report = pruner.report()
@@ -180,11 +182,14 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         method=recipe.method,
         input_shape=list(example.shape),
         target=pruner.config.target if pruner.config.target_ms is None else None,
-        dense={"map50": dense_map["map50"], "map": dense_map["map"], "latency_ms": stats[0].median_ms,
+        dense={"map50": dense_map["map50"], "map": dense_map["map"], "latency_ms": stats[0].latency_ms,
                "latency_iqr_ms": stats[0].iqr_ms, "predicted_ms": pruner.dense_ms, "postprocess_ms": post[0]},
-        pruned={"map50": pruned_map["map50"], "map": pruned_map["map"], "latency_ms": stats[1].median_ms,
+        pruned={"map50": pruned_map["map50"], "map": pruned_map["map"], "latency_ms": stats[1].latency_ms,
                 "latency_iqr_ms": stats[1].iqr_ms, "predicted_ms": report["predicted_ms"], "postprocess_ms": post[1]},
-        latency_ratio=stats[1].median_ms / stats[0].median_ms,
+        latency_ratio=stats[1].latency_ms / stats[0].latency_ms,
+        budget_ratio=pruner.final_ms / pruner.dense_ms,
+        predicted_ratio=report["predicted_ms"] / pruner.dense_ms,
+        latency_statistic="median of the timed forwards, in interleaved rounds (halp.latency.timing)",
         latency_note="latency_ms: the per-image network (backbone + head) at the recipe's batch; postprocess_ms: "
                      "anchor decoding, score threshold, top-k, NMS and rescaling for one test image, measured apart",
         table_meta=dict(table.meta),
@@ -192,6 +197,6 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         seconds=time.perf_counter() - t_start,
     )
     save_pruned(slim, out / "pruned", meta={"map50": pruned_map["map50"], "map": pruned_map["map"],
-                                            "latency_ms": stats[1].median_ms})
+                                            "latency_ms": stats[1].latency_ms})
     atomic_write_json(out / "report.json", report)
     return report
