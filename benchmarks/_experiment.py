@@ -9,7 +9,7 @@ Why each piece exists:
   experiment shares; both are cached on disk (``results/dense/``, ``results/tables/``; gitignored).
 * :func:`finetune` — the identical fine-tuning budget (epochs, LR schedule, data order) for every
   method; the pruners run inside it through the same hooks.
-* :func:`robust_backend` — latency on a shared machine, summarised by a low quantile (see there).
+* :func:`timing_backend` — the backend of every table and measurement (halp's one statistic).
 """
 
 from __future__ import annotations
@@ -183,65 +183,20 @@ def preset(quick: bool, threads: int | None = None, smoke: bool = False) -> Pres
     return chosen
 
 
-# ----------------------------------------------------------------------------- robust timing on a shared machine
+# ----------------------------------------------------------------------------- timing
 
-QUANTILE = 10.0  # percentile of the samples reported as "the" latency
+def timing_backend(name: str, threads: int, timing: Any = None) -> Any:
+    """The halp latency backend every table and measurement of these experiments uses.
 
-
-def _low_quantile(stats: Any) -> Any:
-    """The same samples summarised by their low quantile (and the spread of the fast tail as noise).
-
-    Other processes preempting ours only ever make a forward slower, so on a busy machine the median
-    measures the load while the fast tail still measures the model: on our 2 shared cores the median of
-    one ResNet-20 swung from 7.3 to 10.5 ms between calls while its 10th percentile stayed within 2.13-2.22 ms.
+    It reports halp's one statistic, the median of all timed forwards in interleaved rounds (issue 13: the
+    demo, ``halp prune``'s report, ``halp latency`` and the benchmarks all measure the same way). The
+    experiments used the 10th percentile until then; results in docs/results.md taken that way say so.
     """
-    from halp.latency import LatencyStats
-    import numpy as np
-
-    x = np.asarray(stats.samples, dtype=np.float64)
-    low, p5, p30 = np.percentile(x, [QUANTILE, 5.0, 30.0])
-    return LatencyStats(float(low), float(max(p30 - p5, 1e-6)), stats.mean_ms, list(stats.samples))
-
-
-def robust_backend(name: str, threads: int, timing: Any = None) -> Any:
-    """A halp latency backend that reports the low quantile of its samples instead of the median.
-
-    Used for every table and measurement of these experiments (recorded in the tables' backend options).
-    """
-    from halp.latency.backends import TorchBackend
-
-    class LowQuantileTorch(TorchBackend):
-        def options(self) -> dict[str, Any]:
-            return {**super().options(), "statistic": f"p{QUANTILE:g}"}
-
-        def _time(self, fn: Callable[[], Any]) -> Any:
-            return _low_quantile(super()._time(fn))
-
-        def time_models(self, models: Any, example_inputs: Any, rounds: int = 5) -> list[Any]:
-            return [_low_quantile(s) for s in super().time_models(models, example_inputs, rounds=rounds)]
-
-    if name in ("torch-cpu", "torch-cuda"):
-        return LowQuantileTorch(name.split("-")[1], threads=threads, settings=timing)
     from halp.latency.backends import BACKENDS, get_backend
 
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-    base = type(get_backend(name, threads=threads))  # onnxruntime, openvino and the INT8 backends alike
-
-    class LowQuantile(base):  # type: ignore[misc, valid-type]
-        def options(self) -> dict[str, Any]:
-            return {**super().options(), "statistic": f"p{QUANTILE:g}"}
-
-        def time_layer(self, *args: Any, **kw: Any) -> Any:
-            return _low_quantile(super().time_layer(*args, **kw))
-
-        def time_op(self, *args: Any, **kw: Any) -> Any:
-            return _low_quantile(super().time_op(*args, **kw))
-
-        def time_models(self, models: Any, example_inputs: Any, rounds: int = 5) -> list[Any]:
-            return [_low_quantile(s) for s in super().time_models(models, example_inputs, rounds=rounds)]
-
-    return LowQuantile(threads=threads, settings=timing)
+    return get_backend(name, threads=threads, settings=timing)
 
 
 # ----------------------------------------------------------------------------- data, dense models, tables
@@ -346,8 +301,8 @@ def latency_table(model: nn.Module, model_name: str, x: torch.Tensor, backend: s
     settings = dict(p.profile if settings is None else settings)
     shape = "x".join(str(d) for d in x.shape[1:])
     extra = "-".join(f"{k}{v}" for k, v in sorted(settings.items())) or "default"
-    path = RESULTS / "tables" / f"{model_name}_{shape}_{backend}_t{p.threads}_p{QUANTILE:g}_{extra}.json"
-    be = robust_backend(backend, p.threads, ProfileSettings(**settings).timing())
+    path = RESULTS / "tables" / f"{model_name}_{shape}_{backend}_t{p.threads}_median_{extra}.json"
+    be = timing_backend(backend, p.threads, ProfileSettings(**settings).timing())
     return profile(model, x, backend=be, threads=p.threads, path=path, progress=False, name=model_name,
                    **settings)
 
@@ -475,10 +430,10 @@ def calibration_batches(train_loader: Any, n: int) -> list[tuple[torch.Tensor, t
 
 def measure(models: list[nn.Module], x: torch.Tensor, p: Preset, backend: str = "torch-cpu",
             repeats: int | None = None) -> list[float]:
-    """Latencies (ms; the low quantile, see :func:`_low_quantile`) of ``models`` measured interleaved."""
+    """Latencies (ms; halp's statistic) of ``models`` measured interleaved."""
     from halp.latency import measure_many
 
-    be = robust_backend(backend, p.threads)
+    be = timing_backend(backend, p.threads)
     stats = measure_many([m.eval() for m in models], x, backend=be, threads=p.threads,
                          repeats=repeats or p.measure_repeats, rounds=p.measure_rounds)
     return [s.latency_ms for s in stats]
@@ -488,7 +443,7 @@ def measure_joint(models: list[nn.Module], x: torch.Tensor, p: Preset, backend: 
                   passes: int = 3) -> list[float]:
     """The reported latencies: ``passes`` separate interleaved measurements, the median per model.
 
-    One pass's low quantile still wanders by a few percent on a busy machine; the median of three passes
+    One pass still wanders by a few percent on a busy machine; the median of three passes
     taken minutes apart in the same process is what the results report."""
     runs = [measure(models, x, p, backend, repeats=2 * p.measure_repeats) for _ in range(passes)]
     return [float(sorted(col)[len(col) // 2]) for col in zip(*runs)]

@@ -38,6 +38,17 @@ DEFAULT_CELLS = ([f"{m}:1" for m in MODELS[:4]] + [f"{m}:2" for m in MODELS[:4]]
                  + [f"{m}:{t}:aligned" for t in (1, 2) for m in MODELS])
 
 
+#: what the two calibrations mean, written under the table every time the section is rebuilt
+NOTE = (
+    "Each cell ran alone on the machine (exclusive lock; other jobs between cells): 20 random prunings (level "
+    "25-100%, jitter 0.3; *steps*: widths on the latency steps), two passes of 40 forwards in 8 rounds. *Re-taken* "
+    "refits the calibration on the table's own calibration networks measured in the same passes "
+    "(`halp.recalibrate`) and scores the other 20 networks; *as profiled* uses the calibration taken when the "
+    "table was profiled, minutes earlier, so its misses include the machine's drift in between (section \"Latency "
+    "that holds\", `benchmarks/drift.py`). Budgets are ratios to the dense model measured side by side, which is "
+    "why the ratio-to-dense error is the one a budget feels."
+)
+
 def parse_cell(cell: str) -> tuple[str, int, int, bool]:
     """``"resnet18@160:1:aligned"`` → ``("resnet18", 160, 1, True)``; ``ValueError`` explains the form."""
     parts = cell.split(":")
@@ -169,13 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         for cell in args.cells:
             if not cell_json(cell).exists():
                 run_cell(cell, args.variants, args.passes)
-    body = report(args.cells)
+    # the section covers every finished cell, not only those of this invocation (a resumed or partial run
+    # must not drop the others from docs/results.md)
+    cells = list(dict.fromkeys([*DEFAULT_CELLS, *args.cells]))
+    body = report(cells)
     fig = OUT / "fidelity_suite.png"
-    figure(args.cells, fig)
-    body += f"\n\nFigure: `{fig.relative_to(ROOT)}`; data: `benchmarks/results/fidelity/*.json` (one per cell)."
+    figure(cells, fig)
+    body += f"\n\nFigure: `{fig.relative_to(ROOT)}`; data: `benchmarks/results/fidelity/*.json` (one per cell).\n\n{NOTE}"
     print(body)
-    command = ('Command: `LOCK="flock -x /tmp/halp-cpu.lock" python benchmarks/fidelity_suite.py'
-               + ("" if args.cells == DEFAULT_CELLS else " --cells " + " ".join(args.cells)) + "`")
+    command = ('Command: `LOCK="flock -x /tmp/halp-cpu.lock" python benchmarks/fidelity_suite.py`; a cell is run '
+               "once and kept (`--cells MODEL@SIZE:THREADS[:aligned]` runs chosen cells; `--report-only` rebuilds this)")
     update_results(args.title, f"{args.title}\n\n{command}\n\n{body}\n")
     return 0
 
