@@ -39,7 +39,7 @@ import torch
 import halp
 from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
-from halp.latency.calibrate import calibration_widths, fit_samples, random_widths, refit, slim_variant
+from halp.latency.calibrate import calibration_widths, fit_samples, graph_hash, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("latency_fidelity")
 DEFAULT_THREADS = 2  # the setting; another thread count gets its own docs section and files
 DEFAULT_MODELS = ["resnet50", "mobilenet_v2"]  # another model list or --size gets its own docs section and files
-DEFAULT_GUARD = 0.0  # halp.profile's default (no speed guard); --guard R guards the table and the measurements
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -58,21 +57,23 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(args.batch, *halp.models.input_size(name)[:1], args.size, args.size)
     clock = ("" if args.clock == "wall" else f"_{args.clock}clock") + ("" if args.statistic == "median" else
                                                                       f"_{args.statistic}")
-    guard = "" if args.guard == DEFAULT_GUARD else f"_guard{args.guard:g}"
     backend = getattr(args, "backend", "torch-cpu")  # benchmarks/int8_fidelity.py runs this for other runtimes
-    table_path = Path(args.out) / "tables" / f"{name}_{backend}_b{args.batch}_t{args.threads}_{args.size}{clock}{guard}.json"
+    table_path = Path(args.out) / "tables" / f"{name}_{backend}_b{args.batch}_t{args.threads}_{args.size}{clock}.json"
     reused = table_path.exists()
+    graph = halp.build_graph(model, x)
+    if reused:  # a table profiled by an earlier halp: its stored end-to-end samples refitted with today's forms
+        old = halp.LatencyTable.load(table_path, recalibrating=True)  # a retired form (split) is replaced here
+        if old.meta.get("model", {}).get("graph_hash") == graph_hash(graph):  # else halp.profile says what differs
+            refit(old, graph)
+            old.save(table_path)
     t0 = time.perf_counter()
     table = halp.profile(model, x, backend=backend, threads=args.threads, path=table_path,
                          progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic,
-                         guard=args.guard, **getattr(args, "profile_settings", {}))
+                         **getattr(args, "profile_settings", {}))
     call_s = time.perf_counter() - t0
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
 
-    graph = halp.build_graph(model, x)
-    if reused:  # a table profiled by an earlier halp: its stored end-to-end samples refitted with today's forms
-        refit(table, graph)
     rng = np.random.default_rng(args.seed)
     steps = None
     if args.aligned:  # the widths latency-aware pruning produces: multiples of each group's latency step
@@ -106,8 +107,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.passes):  # every pass times all models; later passes in another order
         order = list(range(len(models))) if k % 2 == 0 else list(reversed(range(len(models))))
         got = measure_many([models[i] for i in order], x, backend=backend, threads=args.threads,
-                           warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, clock=args.clock,
-                           guard=args.guard or None)
+                           warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, clock=args.clock)
         passes.append({i: s for i, s in zip(order, got)})
     # per model the pass with the lowest statistic: another tenant of a shared machine only ever adds time,
     # and a disturbance that outlasts one pass's rounds must not become a "prediction error"
@@ -132,7 +132,6 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "table_reused": reused,
         "table_build_s": build_s,
         "table_entries": len(table.entries),
-        "table_speed_guard": table.meta.get("speed_guard"),  # what the guard did while profiling
         "aligned_to_steps": bool(args.aligned),
         "jitter": jitter,
         "calibration_used": args.calibration,
@@ -281,8 +280,6 @@ def variant_labels(args: argparse.Namespace) -> list[tuple[str, str]]:
         labels.append((f", {args.threads} thread(s)", f"_t{args.threads}"))
     if args.statistic != "median":
         labels.append((f", {args.statistic} of the samples", f"_{args.statistic}"))
-    if args.guard != DEFAULT_GUARD:
-        labels.append((", no speed guard" if not args.guard else f", speed guard {args.guard:g}", f"_guard{args.guard:g}"))
     if args.jitter < 0:
         labels.append((", independent group widths", "_independent"))
     if args.aligned:
@@ -393,9 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--statistic", default="median",
                     help="median, or a low percentile such as p10 on a machine shared with other jobs "
                          "(tables and measurements alike)")
-    ap.add_argument("--guard", type=float, default=DEFAULT_GUARD,
-                    help="speed guard for the table and the measurements: retake what ran while a probe showed the "
-                         "machine this many times slower than its best (halp.latency.guard); 0: off")
     ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. machine conditions)")
     ap.add_argument("--report-only", action="store_true",
                     help="redraw the figure and the docs section from the JSON of a previous run, measure nothing")

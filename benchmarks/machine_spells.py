@@ -1,7 +1,7 @@
 """Is this machine's speed steady enough to profile on? Slow spells of a shared host, seen from inside.
 
-Times one network for ``--seconds`` in blocks of 3 forwards, with the speed guard's probe
-(:func:`halp.latency.guard.conv_probe`) before and after every block, at each ``--threads``. Reports
+Times one network for ``--seconds`` in blocks of 3 forwards, with a probe (:func:`conv_probe`, a small
+fixed convolution) before and after every block, at each ``--threads``. Reports
 per thread count: the spread of the block medians over time (20 time slices), how the blocks whose
 probes were fast (within ``--tolerance`` of the probes' 5th percentile) compare with the others, and
 the correlation of probe and block time. On a dedicated machine the slices agree within a few percent;
@@ -18,16 +18,42 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import halp
 from halp.latency.backends import cpu_model_name
-from halp.latency.guard import conv_probe
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def conv_probe(channels: int = 32) -> Callable[[], float]:
+    """A probe: the median of five runs (ms) of a 32→32 3×3 convolution at 28×28 on the CPU, after two
+    unmeasured ones, with the current torch thread count (the measured work's own parallelism, so a
+    slowed core shows). The two first runs matter: right after a pause or a big layer, worker threads
+    are asleep and the probe's data evicted, which read up to 1.4x slow on our VM at full speed."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, channels, 28, 28, generator=gen)
+    w = torch.randn(channels, channels, 3, 3, generator=gen)
+
+    def probe() -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(2):  # wake the worker threads and bring the probe's data back into cache
+                F.conv2d(x, w, padding=1)
+            for _ in range(5):
+                start = time.perf_counter_ns()
+                F.conv2d(x, w, padding=1)
+                times.append((time.perf_counter_ns() - start) / 1e6)
+        return float(np.median(times))
+
+    with torch.inference_mode():
+        for _ in range(5):  # oneDNN primitive creation
+            F.conv2d(x, w, padding=1)
+    return probe
 
 
 def watch(model: torch.nn.Module, x: torch.Tensor, threads: int, seconds: float, tolerance: float) -> dict[str, Any]:

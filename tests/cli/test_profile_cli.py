@@ -48,15 +48,18 @@ def test_profile_recalibrate_rewrites_only_the_calibration(table_path, tmp_path,
     assert "needs an existing table" in capsys.readouterr().err
 
 
-def test_profile_with_the_speed_guard_reports_it_and_rejects_a_bad_ratio(tmp_path, capsys):
-    path = tmp_path / "guarded.json"
-    assert main(["-q", "profile", "--model", "resnet20", "-o", str(path), "--guard", "1.5", *TINY]) == 0
-    assert "speed guard:" in capsys.readouterr().out
-    g = json.loads(path.read_text())["meta"]["speed_guard"]
-    assert g["tolerance"] == 1.5 and g["probe_best_ms"] > 0 and g["retaken"] >= 0
-    assert json.loads(path.read_text())["meta"]["settings"]["guard"] == 1.5
-    assert main(["-q", "profile", "--model", "resnet20", "-o", str(tmp_path / "bad.json"), "--guard", "0.8", *TINY]) == 2
-    assert "guard must be 0 (off) or a slowdown ratio > 1" in capsys.readouterr().err
+def test_a_table_calibrated_in_the_retired_split_form_is_refused_until_recalibrated(table_path, tmp_path, capsys):
+    """What the error says to do works: ``--recalibrate`` on that table replaces the calibration."""
+    path = tmp_path / "split.json"
+    doc = json.loads(table_path.read_text())
+    doc["calibration"]["method"] = "split"
+    path.write_text(json.dumps(doc))
+    assert main(["latency", "resnet20", "--table", str(path), "--no-measure"]) == 2
+    err = capsys.readouterr().err
+    assert "form 'split', which halp no longer supports" in err and "--recalibrate" in err
+    assert main(["-q", "profile", "--model", "resnet20", "-o", str(path), "--recalibrate", *TINY]) == 0
+    assert json.loads(path.read_text())["calibration"]["method"] != "split"
+    assert main(["latency", "resnet20", "--table", str(path), "--no-measure"]) == 0
 
 
 def test_latency_prints_predicted_measured_and_ratio(table_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -34,8 +35,8 @@ def test_profile_covers_the_graph_and_is_exact(tiny, fake_backend, true_e2e):
     # the fake's latencies are bilinear, its ops linear, its end-to-end a known mix: the calibration
     # recovers it and predictions are exact for unseen widths too
     c = table.calibration
-    assert c.method == "split"
-    assert (c.a, c.b, c.c) == pytest.approx((1.25, 0.8, 0.03), rel=1e-6)
+    assert c.method == "kind"  # the form that weights layers and ops apart (depthwise convs here at the layers' weight)
+    assert (c.a, c.b, c.c, c.e) == pytest.approx((1.25, 0.8, 0.03, 1.25), rel=1e-6)
     rng = np.random.default_rng(11)
     for _ in range(3):
         w = random_widths(graph, rng, 0.25)
@@ -253,55 +254,52 @@ def test_recalibrate_refuses_another_model_or_backend(tiny, fake_backend):
         halp.recalibrate(table, model, x, backend=onnx_like)
 
 
-def test_profile_under_the_speed_guard_retakes_slowed_points_and_records_it(tiny, fake_backend, monkeypatch):
-    """With guard=1.2 every layer timing goes through the guard; a probe that reports the machine slowed
-    after every 10th timing gets that point measured again (the fake's value is the same, so the table is
-    unchanged), and the table's metadata says how often. guard=0 (the default) leaves no trace."""
-    import importlib
-
-    from halp.latency import guard as guard_mod
-    profile_mod = importlib.import_module("halp.latency.profile")  # the package exports the function by that name
-    from halp.latency.timing import faster
-
-    probes = iter([1.0] * 10**6)
-    slow_every = {"n": 0}
-
-    def probe() -> float:
-        slow_every["n"] += 1
-        return 2.0 if slow_every["n"] % 10 == 0 else next(probes)
-
-    monkeypatch.setattr(profile_mod, "guard_for", lambda name, tolerance, wait: guard_mod.SpeedGuard(
-        probe, sleep=lambda s: None, tolerance=tolerance, max_wait_s=wait) if tolerance else None)
-
-    class Guarded(fake_backend):
-        def time_layer(self, *args):
-            run = lambda: super(Guarded, self).time_layer(*args)  # noqa: E731
-            return self.guard.measure(run, faster) if self.guard is not None else run()
-
-    model, x = tiny
-    clean = profile(model, x, backend=fake_backend(), progress=False, **SETTINGS)
-    assert "speed_guard" not in clean.meta
-    be = Guarded()
-    table = profile(model, x, backend=be, progress=False, guard=1.2, **SETTINGS)
-    assert be.guard is None  # the backend passed in is left as it came
-    info = table.meta["speed_guard"]
-    assert info["tolerance"] == 1.2 and info["retaken"] >= len(be.layer_calls) // 12 > 0
-    for a, b in zip(clean.entries, table.entries):
-        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
-
-
-def test_a_table_from_before_the_speed_guard_counts_as_unguarded(tiny, fake_backend, tmp_path):
+def test_a_table_with_the_retired_speed_guard_settings_loads_resumes_and_recalibrates(tiny, fake_backend, tmp_path,
+                                                                                     caplog):
+    """Tables and partial files of an earlier halp record the speed guard's settings (``guard``, ``guard_wait_s``):
+    they are read as today's settings (reused, resumed, recalibrated); a guard that was on is logged as no longer
+    applied."""
     model, x = tiny
     path = tmp_path / "t.json"
     profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
     doc = json.loads(path.read_text())
-    del doc["meta"]["settings"]["guard"], doc["meta"]["settings"]["guard_wait_s"]
+    for guard in (0.0, 1.2):
+        doc["meta"]["settings"].update(guard=guard, guard_wait_s=10.0)
+        path.write_text(json.dumps(doc))
+        be = fake_backend()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="halp.latency.serial"):
+            table = profile(model, x, backend=be, path=path, progress=False, **SETTINGS)
+        assert be.layer_calls == [] and be.model_calls == 0  # reused: the same settings
+        assert ("speed guard (guard=1.2), which halp no longer has" in caplog.text) == bool(guard)
+        assert "guard" not in table.meta["settings"] and "guard_wait_s" not in table.meta["settings"]
+        halp.recalibrate(table, model, x, backend=fake_backend())
+    interrupted = tmp_path / "p.json"
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, x, backend=fake_backend(fail_after=4), path=interrupted, progress=False, **SETTINGS)
+    partial = json.loads(partial_path(interrupted).read_text())
+    partial["fingerprint"]["guard"] = 0.0
+    partial_path(interrupted).write_text(json.dumps(partial))
+    table = profile(model, x, backend=fake_backend(), path=interrupted, progress=False, **SETTINGS)
+    assert table.meta["measurements"]["resumed"] == 4
+
+
+def test_a_table_calibrated_in_the_retired_split_form_is_a_clear_error(tiny, fake_backend, tmp_path):
+    """``split`` is no longer fitted; a table that stores it is refused with the remedy, and that remedy
+    (a recalibration, which the loader allows for with ``recalibrating=True``) works."""
+    model, x = tiny
+    path = tmp_path / "t.json"
+    table = profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    doc = json.loads(path.read_text())
+    doc["calibration"]["method"] = "split"
     path.write_text(json.dumps(doc))
-    be = fake_backend()
-    profile(model, x, backend=be, path=path, progress=False, **SETTINGS)  # guard off: the same table
-    assert be.layer_calls == []
-    with pytest.raises(ValueError, match="another model or settings"):
-        profile(model, x, backend=fake_backend(), path=path, progress=False, guard=1.2, **SETTINGS)
+    with pytest.raises(ValueError, match=r"form 'split', which halp no longer supports.*--recalibrate.*re-profile"):
+        halp.LatencyTable.load(path)
+    with pytest.raises(ValueError, match="no longer supports"):  # halp.profile reads an existing table the same way
+        profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
+    old = halp.LatencyTable.load(path, recalibrating=True)
+    halp.recalibrate(old, model, x, backend=fake_backend()).save(path)
+    assert halp.LatencyTable.load(path).calibration.method == table.calibration.method
 
 
 def test_profile_calibrates_models_with_grouped_convs(fake_backend):

@@ -101,9 +101,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calibration-samples", type=int, default=None,
                    help="random slim variants timed end to end (default 16; with --recalibrate: as profiled). "
                         "Models with depthwise convolutions on a multi-threaded CPU calibrate better with ~40")
-    p.add_argument("--guard", type=float, default=0.0, metavar="RATIO",
-                   help="on a shared CPU host: retake a measurement when a probe shows the machine ran RATIO times "
-                        "slower than its best meanwhile (e.g. 1.2; waits out other tenants' spells; 0: off)")
     p.set_defaults(func=run)
 
 
@@ -116,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.output).is_file():
             raise ValueError(f"--recalibrate needs an existing table at {args.output}; profile one first (drop "
                              "--recalibrate)")
-        table = halp.LatencyTable.load(args.output)
+        table = halp.LatencyTable.load(args.output, recalibrating=True)
         before = table.calibration
         halp.recalibrate(table, model, x, threads=args.threads, samples=args.calibration_samples)
         table.save(args.output)
@@ -130,17 +127,12 @@ def run(args: argparse.Namespace) -> int:
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
         warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
-        guard=args.guard, **more,
+        **more,
     )
     c = table.calibration
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "
           f"{table.backend} on {table.meta['device']} ({table.threads} threads, batch {table.batch}, {table.dtype})")
     print(f"calibration ({c.method}): measured = {c.a:.3f} x layers + {c.b:.3f} x ops + {c.c:.3f} ms")
-    g = table.meta.get("speed_guard")
-    if g and not reusing:
-        anyway = f", {g['timeouts']} slow spell(s) measured anyway" if g["timeouts"] else ""
-        print(f"speed guard: {g['retaken']} measurement(s) retaken, {g['waited_s']:.0f} s spent waiting for slow "
-              f"spells to end{anyway}")
     if reusing:
         print("the table was already there for this model and settings: reused it, measured nothing")
     elif "profile_seconds" in table.meta:

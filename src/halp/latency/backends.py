@@ -15,9 +15,8 @@ import logging
 import platform
 import tempfile
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +26,7 @@ from torch import nn
 from halp.graph.types import LayerShape
 from halp.latency.onnx_layers import conv_groups, single_layer_model
 from halp.latency.ops import op_module
-from halp.latency.guard import SpeedGuard
-from halp.latency.timing import LatencyStats, TimingSettings, faster, time_callable, time_interleaved
+from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +69,6 @@ class Backend(ABC):
         self.threads = int(threads) if threads is not None else torch.get_num_threads()
         self.settings = settings or TimingSettings()
         self._saved_threads: list[int] = []
-        #: waits out slow spells of a shared machine around every measurement (CPU backends; see guard.py)
-        self.guard: SpeedGuard | None = None
 
     def __enter__(self) -> "Backend":
         if self.settings.clock == "thread" and (self.threads != 1 or self.name == "torch-cuda"):
@@ -111,21 +107,9 @@ class Backend(ABC):
         """Backend-specific settings that change the numbers (recorded in tables and partial files)."""
         return {}
 
-    @contextmanager
-    def guarded(self, guard: SpeedGuard | None) -> Iterator[SpeedGuard | None]:
-        """Measure under ``guard`` (None: unguarded) inside the block; the backend's own guard is back after."""
-        saved, self.guard = self.guard, guard
-        try:
-            yield guard
-        finally:
-            self.guard = saved
-
     def _timed(self, fn: Callable[[], Any], **timing: Any) -> LatencyStats:
-        """``time_callable(fn)`` with this backend's settings, under the speed guard when one is set."""
-        def run() -> LatencyStats:
-            return time_callable(fn, self.settings, **timing)
-
-        return self.guard.measure(run, faster) if self.guard is not None else run()
+        """``time_callable(fn)`` with this backend's settings."""
+        return time_callable(fn, self.settings, **timing)
 
     @abstractmethod
     def device_name(self) -> str: ...
@@ -266,7 +250,7 @@ class TorchBackend(Backend):
         try:
             fns = [(lambda r=r: r(*inputs)) for r in ready]
             with torch.inference_mode():
-                return time_interleaved(fns, self.settings, rounds=rounds, guard=self.guard, **self._timing_kwargs())
+                return time_interleaved(fns, self.settings, rounds=rounds, **self._timing_kwargs())
         finally:
             for r, f in zip(ready, flags):
                 for n, m in r.named_modules():
@@ -348,7 +332,7 @@ class OnnxRuntimeBackend(Backend):
         ]
         sessions = self._export_sessions(cpu_models, inputs)
         fns = [(lambda s=s, f=self._feed(s, inputs): s.run(None, f)) for s in sessions]
-        return time_interleaved(fns, self.settings, rounds=rounds, guard=self.guard)
+        return time_interleaved(fns, self.settings, rounds=rounds)
 
 
 def get_backend(

@@ -276,4 +276,4 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
             for i, m in enumerate(float_cpu(models)):
                 sessions.append(self._session(str(self.quantized_onnx(m, inputs, Path(tmp) / f"m{i}.int8.onnx"))))
         fns = [(lambda s=s, f=self._feed(s, inputs): s.run(None, f)) for s in sessions]
-        return time_interleaved(fns, self.settings, rounds=rounds, guard=self.guard)
+        return time_interleaved(fns, self.settings, rounds=rounds)

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from halp.latency.backends import Backend, as_inputs, get_backend
-from halp.latency.guard import guard_for
 from halp.latency.timing import LatencyStats, TimingSettings
 
 
@@ -30,7 +29,6 @@ def measure_latency(
     dtype: str = "float32",
     rounds: int = 8,
     clock: str = "wall",
-    guard: float | None = None,
     calibration_data: Any = None,
 ) -> LatencyStats:
     """Measure the latency of one forward pass of ``model``.
@@ -46,9 +44,6 @@ def measure_latency(
         rounds: split the repeats into this many rounds (interleaved with the other models measured).
         clock: ``"wall"`` (latency) or ``"thread"`` (CPU time of the calling thread, threads=1 only: a
             diagnostic on shared machines, see :class:`TimingSettings`).
-        guard: on a CPU backend, a slowdown ratio (e.g. 1.2): a block of forwards during which a probe
-            showed the machine that much slower than its best is taken again (a shared host's other
-            tenants; see :mod:`halp.latency.guard`). None: off.
         calibration_data: INT8 backends: example batches to quantize the network with (None: the
             example inputs, which suffice for latency).
 
@@ -57,7 +52,7 @@ def measure_latency(
         and each round's median, in ms.
     """
     return measure_many([model], example_inputs, backend, threads, warmup, repeats, dtype=dtype, rounds=rounds,
-                        clock=clock, guard=guard, calibration_data=calibration_data)[0]
+                        clock=clock, calibration_data=calibration_data)[0]
 
 
 def measure_many(
@@ -71,7 +66,6 @@ def measure_many(
     dtype: str = "float32",
     rounds: int = 8,
     clock: str = "wall",
-    guard: float | None = None,
     calibration_data: Any = None,
 ) -> list[LatencyStats]:
     """Measure several models interleaved (round-robin), so drift of a shared machine hits all alike.
@@ -90,7 +84,5 @@ def measure_many(
     be = get_backend(backend, dtype=dtype, threads=threads, settings=settings, calibration_data=calibration_data)
     if isinstance(backend, Backend):
         be.settings = settings
-    if guard is not None and not guard > 1.0:
-        raise ValueError(f"guard must be a slowdown ratio > 1 (e.g. 1.2) or None, got {guard!r}")
-    with be, be.guarded(guard_for(be.name, guard) or be.guard):
+    with be:
         return be.time_models(models, as_inputs(example_inputs), rounds=min(rounds, repeats))

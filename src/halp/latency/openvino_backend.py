@@ -141,7 +141,7 @@ class OpenVinoBackend(Backend):
         for m in float_cpu(models):
             with tempfile.TemporaryDirectory(prefix="halp-ov-") as tmp:
                 runs.append(self.runner(self.compile(self.network(m, inputs, tmp)), arrays))
-        return time_interleaved(runs, self.settings, rounds=rounds, guard=self.guard)
+        return time_interleaved(runs, self.settings, rounds=rounds)
 
 
 class OpenVinoInt8Backend(OpenVinoBackend):

@@ -24,7 +24,6 @@ import halp
 from halp.latency.backends import Backend, as_inputs, get_backend
 from halp.latency.calibrate import calibrate, graph_hash
 from halp.latency.fit import fit_line
-from halp.latency.guard import SpeedGuard, guard_for
 from halp.latency.outliers import suspects_grid, suspects_sweep
 from halp.latency.plan import EntryPlan, axis_grid, default_align, fine_range, plan_entries, plan_ops
 from halp.latency.store import MeasurementStore, partial_path
@@ -55,11 +54,6 @@ class ProfileSettings:
         retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
             of its neighbours (disturbed by another process); the faster median is kept.
         seed: random widths of the calibration variants.
-        guard: on a CPU backend, take a measurement again when a probe shows the machine ran more than
-            this many times slower than its best while measuring (another tenant of a shared host),
-            e.g. 1.2; 0 (the default) is off: on a machine whose speed flickers the waits can double a
-            profile's time. See :mod:`halp.latency.guard`.
-        guard_wait_s: longest wait for such a slow spell to end before measuring anyway.
     """
 
     warmup: int = 5
@@ -80,8 +74,6 @@ class ProfileSettings:
     clock: str = "wall"
     statistic: str = "median"
     seed: int = 0
-    guard: float = 0.0
-    guard_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.timing()  # validates the timing fields
@@ -100,23 +92,12 @@ class ProfileSettings:
             raise ValueError(f"grid_points must be >= 2 (smallest and full width), got {self.grid_points}")
         if not 0.0 < self.calibration_low <= 1.0:
             raise ValueError(f"calibration_low must be in (0, 1], got {self.calibration_low}")
-        if not (self.guard == 0 or self.guard > 1.0) or not self.guard_wait_s >= 0:
-            raise ValueError(f"guard must be 0 (off) or a slowdown ratio > 1 (e.g. 1.2), and guard_wait_s >= 0 "
-                             f"seconds; got guard={self.guard!r}, guard_wait_s={self.guard_wait_s!r}")
-
-    def speed_guard(self, backend: Backend) -> SpeedGuard | None:
-        """The guard these settings ask for on ``backend`` (None on a GPU, whose timings use its own clock)."""
-        return guard_for(backend.name, self.guard, self.guard_wait_s)
 
     def timing(self) -> TimingSettings:
         return TimingSettings(self.warmup, self.warmup_ms, self.repeats, self.min_time_ms, self.max_repeats, self.clock)
 
     def e2e_timing(self) -> TimingSettings:
         return TimingSettings(self.e2e_warmup, 10 * self.warmup_ms, self.e2e_repeats, 0.0, self.e2e_repeats, self.clock)
-
-
-#: what a setting added later meant before it existed, where that differs from its default today
-LEGACY_SETTINGS: dict[str, Any] = {"guard": 0.0}
 
 
 def _rebatch(inputs: tuple[torch.Tensor, ...], batch: int | None) -> tuple[torch.Tensor, ...]:
@@ -246,7 +227,7 @@ def _reuse(path: Path, meta: dict[str, Any], graph: Any) -> LatencyTable:
     old = LatencyTable.load(path)
     keys = ("backend", "batch", "dtype", "threads", "backend_options")
     # a setting added in a later halp version is missing from older tables; it defaulted to the old behaviour
-    defaults = dataclasses.asdict(ProfileSettings()) | LEGACY_SETTINGS
+    defaults = dataclasses.asdict(ProfileSettings())
     same = all(old.meta.get(k) == meta[k] for k in keys) and {**defaults, **old.meta.get("settings", {})} == meta["settings"]
     if same and old.meta.get("model", {}).get("graph_hash") == meta["model"]["graph_hash"] and not old.covers(graph):
         logger.info("latency table %s already profiled for this model and settings; reusing it", path)
@@ -321,7 +302,6 @@ def profile(
     fingerprint["torch"] = torch.__version__
     fingerprint["backend_options"] = be.options()
     fingerprint["statistic"] = cfg.statistic
-    fingerprint["guard"] = cfg.guard
     store = MeasurementStore(partial_path(path) if path is not None else None, fingerprint)
 
     plans = plan_entries(graph, dtype)
@@ -335,7 +315,7 @@ def profile(
     bar = tqdm(total=total, initial=min(store.resumed, total), disable=not progress, desc="profiling", unit="pt",
                dynamic_ncols=True)
     try:
-        with be, be.guarded(cfg.speed_guard(be)) as guard, torch.random.fork_rng(devices=[]):
+        with be, torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             prof = _Profiler(be, store, cfg, bar.update)
             entries = []
@@ -356,8 +336,6 @@ def profile(
     table.meta["profile_seconds"] = round(store.elapsed, 2)  # including interrupted earlier runs
     table.meta["run_seconds"] = round(time.perf_counter() - start, 2)
     table.meta["measurements"] = {"new": store.new, "resumed": store.resumed, "retaken": prof.retaken}
-    if guard is not None:
-        table.meta["speed_guard"] = guard.summary()
     logger.info("profiled %d entries, %d op kinds in %.1f s (%d new measurements, %d resumed)",
                 len(entries), len(ops), table.meta["profile_seconds"], store.new, store.resumed)
     if path is not None:
@@ -417,7 +395,7 @@ def recalibrate(
     if (meta.get("model") or {}).get("graph_hash") != graph_hash(graph):
         raise ValueError("recalibrate needs the dense model the table was profiled on (its graph differs)")
     store = MeasurementStore(None, {})
-    with be, be.guarded(cfg.speed_guard(be)), torch.random.fork_rng(devices=[]):
+    with be, torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg)
     meta["recalibrated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

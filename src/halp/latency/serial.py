@@ -8,6 +8,7 @@ from deep inside a lookup later.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,12 @@ from halp.graph.types import LayerShape
 
 from halp.latency.entries import Calibration, LayerEntry, OpModel
 
+logger = logging.getLogger(__name__)
+
 META_FIELDS = {"backend": str, "device": str, "batch": int, "dtype": str, "threads": int, "date": str, "settings": dict}
+#: profile settings of earlier halp versions that no longer exist (the speed guard: median latency over
+#: interleaved rounds does not chase a shared host's slow spells, so probe-driven retakes were dropped)
+RETIRED_SETTINGS = ("guard", "guard_wait_s")
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -95,8 +101,10 @@ def table_to_dict(table: Any, fmt: str, version: int) -> dict[str, Any]:
 
 
 def table_from_dict(
-    data: Any, source: str, fmt: str, version: int
+    data: Any, source: str, fmt: str, version: int, recalibrating: bool = False
 ) -> tuple[dict[str, Any], list["LayerEntry"], dict[str, "OpModel"], "Calibration"]:
+    """The parts of a table from its JSON form; ``recalibrating`` accepts a calibration of a retired form
+    (``split``), which is about to be re-taken."""
     def fail(what: str) -> ValueError:
         return ValueError(f"latency table {source}: {what}; re-profile to rebuild it (`halp profile ...`)")
 
@@ -119,6 +127,7 @@ def table_from_dict(
             raise fail(f"meta is missing {name!r}")
         if not isinstance(meta[name], typ) or (typ is int and isinstance(meta[name], bool)):
             raise fail(f"meta.{name} must be {typ.__name__}, got {meta[name]!r}")
+    meta = _without_retired_settings(meta, source)
     entries = []
     for i, d in enumerate(data["layers"]):
         try:
@@ -139,7 +148,27 @@ def table_from_dict(
                             None if c.get("e") is None else float(c["e"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"calibration is malformed: {exc!s}")
+    if calib.method == "split" and not recalibrating:
+        raise ValueError(
+            f"latency table {source}: its calibration has the form 'split', which halp no longer supports (it never "
+            f"beat the other forms on held-out networks); re-take the calibration with `halp profile --model MODEL "
+            f"-o {source} --recalibrate` (Python: halp.recalibrate(LatencyTable.load(path, recalibrating=True), ...)), "
+            "or re-profile"
+        )
     return meta, entries, ops, calib
+
+
+def _without_retired_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """``meta`` without :data:`RETIRED_SETTINGS`, so that its settings read as today's (a resumed profile, a
+    recalibration); a table profiled under the speed guard is used as measured, which is logged."""
+    settings = meta["settings"]
+    if not any(k in settings for k in RETIRED_SETTINGS):
+        return meta
+    if settings.get("guard"):
+        logger.info("latency table %s was profiled under the speed guard (guard=%s), which halp no longer has: "
+                    "the table is used as measured, and anything measured for it now runs without the guard",
+                    source, settings["guard"])
+    return {**meta, "settings": {k: v for k, v in settings.items() if k not in RETIRED_SETTINGS}}
 
 
 def _entry_from_dict(d: dict[str, Any], cls: type) -> "LayerEntry":

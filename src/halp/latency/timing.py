@@ -12,18 +12,17 @@ same speed of the machine; the median drops the one-sided outliers of a shared m
 round's median was the statistic before: on this 2-core VM it catches the rare fast spells of the host
 (ResNet-18 at 160², six measurements a second apart: 23.9–28.4 ms, 18.5% apart, against 28.2–29.1 ms,
 3.1%, for the median of the same forwards), so repeated measurements disagreed with each other.
+Nor are blocks timed in a slow spell taken again: the median over interleaved rounds does not chase the
+host's fast and slow spells, so the probe-driven retakes halp once offered (off by default) were dropped.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from halp.latency.guard import SpeedGuard
 
 
 CLOCKS = ("wall", "thread")
@@ -181,11 +180,6 @@ def time_callable(
     return LatencyStats.from_samples(samples)
 
 
-def faster(a: LatencyStats, b: LatencyStats) -> bool:
-    """Is ``a`` the faster of two timings of the same work?"""
-    return a.latency_ms < b.latency_ms
-
-
 def time_interleaved(
     fns: Sequence[Callable[[], Any]],
     settings: TimingSettings,
@@ -193,15 +187,12 @@ def time_interleaved(
     rounds: int = 5,
     sync: Callable[[], None] | None = None,
     timer: Callable[[Callable[[], Any]], float] | None = None,
-    guard: SpeedGuard | None = None,
 ) -> list[LatencyStats]:
     """Time several callables in interleaved rounds so that slow drift of the machine (other jobs,
     frequency changes) hits all of them alike instead of biasing whichever ran during a busy spell.
 
     Each callable is fully warmed up once, then every round takes ``ceil(repeats / rounds)`` samples
     of each in turn (preceded by a single re-warm call, since another model has just evicted caches).
-    With a ``guard`` (:class:`halp.latency.guard.SpeedGuard`), a round's block of one callable that the
-    machine slowed down during is taken again once it runs at speed.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -213,8 +204,5 @@ def time_interleaved(
     blocks: list[list[list[float]]] = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
-            def block(fn: Callable[[], Any] = fn) -> LatencyStats:
-                return time_callable(fn, one_round, sync=sync, timer=timer)
-
-            blocks[i].append((guard.measure(block, faster) if guard is not None else block()).samples)
+            blocks[i].append(time_callable(fn, one_round, sync=sync, timer=timer).samples)
     return [LatencyStats.from_samples([v for b in bs for v in b], rounds=bs) for bs in blocks]
