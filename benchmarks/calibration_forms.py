@@ -36,8 +36,7 @@ def score_cell(path: Path) -> list[dict[str, Any]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     out = data["results"][0]
     table_path = Path(out["table"])
-    # every form is fitted here, so a table whose stored calibration has a retired form (split) is fine
-    table = halp.LatencyTable.load(table_path if table_path.is_absolute() else ROOT / table_path, recalibrating=True)
+    table = halp.LatencyTable.load(table_path if table_path.is_absolute() else ROOT / table_path)
     torch.manual_seed(0)
     model = halp.models.create(out["model"]).eval()
     graph = halp.build_graph(model, torch.randn(*out["input"]))

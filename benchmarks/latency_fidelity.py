@@ -39,7 +39,7 @@ import torch
 import halp
 from halp.latency import measure_many, predict_latency
 from halp.latency.backends import cpu_model_name
-from halp.latency.calibrate import calibration_widths, fit_samples, graph_hash, random_widths, refit, slim_variant
+from halp.latency.calibrate import calibration_widths, fit_samples, random_widths, refit, slim_variant
 from halp.latency.predict import split_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,12 +60,6 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     backend = getattr(args, "backend", "torch-cpu")  # benchmarks/int8_fidelity.py runs this for other runtimes
     table_path = Path(args.out) / "tables" / f"{name}_{backend}_b{args.batch}_t{args.threads}_{args.size}{clock}.json"
     reused = table_path.exists()
-    graph = halp.build_graph(model, x)
-    if reused:  # a table profiled by an earlier halp: its stored end-to-end samples refitted with today's forms
-        old = halp.LatencyTable.load(table_path, recalibrating=True)  # a retired form (split) is replaced here
-        if old.meta.get("model", {}).get("graph_hash") == graph_hash(graph):  # else halp.profile says what differs
-            refit(old, graph)
-            old.save(table_path)
     t0 = time.perf_counter()
     table = halp.profile(model, x, backend=backend, threads=args.threads, path=table_path,
                          progress=not args.quiet, name=name, clock=args.clock, statistic=args.statistic,
@@ -74,6 +68,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     build_s = float(table.meta.get("profile_seconds", call_s))
     log.info("%s: table %s (%s, built in %.0f s)", name, table_path, "reused" if reused else "profiled", build_s)
 
+    graph = halp.build_graph(model, x)
+    if reused:  # a table profiled by an earlier halp: its stored end-to-end samples refitted with today's forms
+        refit(table, graph)
     rng = np.random.default_rng(args.seed)
     steps = None
     if args.aligned:  # the widths latency-aware pruning produces: multiples of each group's latency step

@@ -48,20 +48,6 @@ def test_profile_recalibrate_rewrites_only_the_calibration(table_path, tmp_path,
     assert "needs an existing table" in capsys.readouterr().err
 
 
-def test_a_table_calibrated_in_the_retired_split_form_is_refused_until_recalibrated(table_path, tmp_path, capsys):
-    """What the error says to do works: ``--recalibrate`` on that table replaces the calibration."""
-    path = tmp_path / "split.json"
-    doc = json.loads(table_path.read_text())
-    doc["calibration"]["method"] = "split"
-    path.write_text(json.dumps(doc))
-    assert main(["latency", "resnet20", "--table", str(path), "--no-measure"]) == 2
-    err = capsys.readouterr().err
-    assert "form 'split', which halp no longer supports" in err and "--recalibrate" in err
-    assert main(["-q", "profile", "--model", "resnet20", "-o", str(path), "--recalibrate", *TINY]) == 0
-    assert json.loads(path.read_text())["calibration"]["method"] != "split"
-    assert main(["latency", "resnet20", "--table", str(path), "--no-measure"]) == 0
-
-
 def test_latency_prints_predicted_measured_and_ratio(table_path, capsys):
     assert main(["latency", "resnet20", "--table", str(table_path), "--repeats", "5"]) == 0
     out = capsys.readouterr().out

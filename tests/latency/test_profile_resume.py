@@ -35,8 +35,8 @@ def test_profile_covers_the_graph_and_is_exact(tiny, fake_backend, true_e2e):
     # the fake's latencies are bilinear, its ops linear, its end-to-end a known mix: the calibration
     # recovers it and predictions are exact for unseen widths too
     c = table.calibration
-    assert c.method == "kind"  # the form that weights layers and ops apart (depthwise convs here at the layers' weight)
-    assert (c.a, c.b, c.c, c.e) == pytest.approx((1.25, 0.8, 0.03, 1.25), rel=1e-6)
+    assert c.method == "split"
+    assert (c.a, c.b, c.c) == pytest.approx((1.25, 0.8, 0.03), rel=1e-6)
     rng = np.random.default_rng(11)
     for _ in range(3):
         w = random_widths(graph, rng, 0.25)
@@ -282,24 +282,6 @@ def test_a_table_with_the_retired_speed_guard_settings_loads_resumes_and_recalib
     partial_path(interrupted).write_text(json.dumps(partial))
     table = profile(model, x, backend=fake_backend(), path=interrupted, progress=False, **SETTINGS)
     assert table.meta["measurements"]["resumed"] == 4
-
-
-def test_a_table_calibrated_in_the_retired_split_form_is_a_clear_error(tiny, fake_backend, tmp_path):
-    """``split`` is no longer fitted; a table that stores it is refused with the remedy, and that remedy
-    (a recalibration, which the loader allows for with ``recalibrating=True``) works."""
-    model, x = tiny
-    path = tmp_path / "t.json"
-    table = profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
-    doc = json.loads(path.read_text())
-    doc["calibration"]["method"] = "split"
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"form 'split', which halp no longer supports.*--recalibrate.*re-profile"):
-        halp.LatencyTable.load(path)
-    with pytest.raises(ValueError, match="no longer supports"):  # halp.profile reads an existing table the same way
-        profile(model, x, backend=fake_backend(), path=path, progress=False, **SETTINGS)
-    old = halp.LatencyTable.load(path, recalibrating=True)
-    halp.recalibrate(old, model, x, backend=fake_backend()).save(path)
-    assert halp.LatencyTable.load(path).calibration.method == table.calibration.method
 
 
 def test_profile_calibrates_models_with_grouped_convs(fake_backend):

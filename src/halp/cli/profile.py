@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.output).is_file():
             raise ValueError(f"--recalibrate needs an existing table at {args.output}; profile one first (drop "
                              "--recalibrate)")
-        table = halp.LatencyTable.load(args.output, recalibrating=True)
+        table = halp.LatencyTable.load(args.output)
         before = table.calibration
         halp.recalibrate(table, model, x, threads=args.threads, samples=args.calibration_samples)
         table.save(args.output)

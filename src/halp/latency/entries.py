@@ -184,8 +184,7 @@ class Calibration:
     on the dense model and random slim variants measured during profiling.
 
     ``method`` is the form chosen by leave-one-out error (``scale``: a = b, c = 0; ``affine``: a = b;
-    ``interp``, ``kind``: see below and :func:`halp.latency.fit.fit_calibration`), ``loo_rel_rmse`` the
-    leave-one-out RMS relative error of each form tried.
+    ``split``: free), ``loo_rel_rmse`` the leave-one-out RMS relative error of each form tried.
 
     ``samples`` holds ``{"label", "layers_ms", "ops_ms", "measured_ms", "noise_ms", "widths"}`` per model
     measured, so the fit can be checked or redone.

@@ -45,8 +45,8 @@ def fit_line(volume: Sequence[float], ms: Sequence[float]) -> tuple[float, float
 #: smallest weight a calibration form may give the table's layer time (see :func:`fit_calibration`)
 MIN_LAYER_WEIGHT = 0.25
 #: calibration forms, simplest first (see :func:`fit_calibration`)
-CALIBRATION_FORMS = ("scale", "affine", "interp", "kind")
-_UNKNOWNS = {"scale": 1, "affine": 2, "interp": 3, "kind": 4}
+CALIBRATION_FORMS = ("scale", "affine", "interp", "split", "kind")
+_UNKNOWNS = {"scale": 1, "affine": 2, "interp": 3, "split": 3, "kind": 4}
 
 
 def _design(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: np.ndarray) -> np.ndarray:
@@ -59,7 +59,9 @@ def _design(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw:
         return np.stack([lay + ops, one], axis=1)
     if form == "interp":
         return np.stack([lay - interp + ops, interp, one], axis=1)
-    return np.stack([lay - dw, dw, ops, one], axis=1)  # kind
+    if form == "kind":
+        return np.stack([lay - dw, dw, ops, one], axis=1)
+    return np.stack([lay, ops, one], axis=1)
 
 
 Coefficients = tuple[float, float, float, float, float]  # (a, b, c, d, e)
@@ -85,7 +87,9 @@ def _solve(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: 
         return x[0], x[0], x[1], x[0], x[0]
     if form == "interp":
         return x[0], x[0], x[2], x[1], x[0]
-    return x[0], x[2], x[3], x[0], x[1]  # kind
+    if form == "kind":
+        return x[0], x[2], x[3], x[0], x[1]
+    return x[0], x[1], x[2], x[0], x[0]
 
 
 def calibrated(coef: Coefficients, layers_ms: Any, ops_ms: Any, interp_ms: Any = 0.0, depthwise_ms: Any = 0.0) -> Any:
@@ -122,12 +126,10 @@ def fit_calibration(
     can trade one term for another and extrapolate badly. The forms are therefore compared by
     leave-one-out error and the simplest one within 5% of the best is kept: ``scale`` (one factor),
     ``affine`` (a factor and a constant), ``interp`` (measured and interpolated layer time weighted
-    apart, ops with the measured layers) and ``kind`` (depthwise convolutions, other layers and ops
-    apart: memory-bound depthwise convolutions slow down in a network more than compute-bound ones;
-    MobileNet-V2 at 2 threads on our VM fitted 2.4x against 0.5x, and only this form brought its
-    held-out r of reductions to 0.98). A ``split`` form (layers and ops apart, nothing else) was dropped:
-    scored on held-out networks (``benchmarks/calibration_forms.py``) it never beat the others, and it
-    gave degenerate fits.
+    apart, ops with the measured layers), ``split`` (layers and ops apart, ``d = a``) and ``kind``
+    (depthwise convolutions, other layers and ops apart: memory-bound depthwise convolutions slow down
+    in a network more than compute-bound ones; MobileNet-V2 at 2 threads on our VM fitted 2.4x against
+    0.5x, and only this form brought its held-out r of reductions to 0.98).
 
     A form whose fit weights any part of the layer time below :data:`MIN_LAYER_WEIGHT` is not offered:
     the layer and op sums move together, and such a fit (``0.000·layers + 7.77·ops`` on SSDlite320,

@@ -101,10 +101,8 @@ def table_to_dict(table: Any, fmt: str, version: int) -> dict[str, Any]:
 
 
 def table_from_dict(
-    data: Any, source: str, fmt: str, version: int, recalibrating: bool = False
+    data: Any, source: str, fmt: str, version: int
 ) -> tuple[dict[str, Any], list["LayerEntry"], dict[str, "OpModel"], "Calibration"]:
-    """The parts of a table from its JSON form; ``recalibrating`` accepts a calibration of a retired form
-    (``split``), which is about to be re-taken."""
     def fail(what: str) -> ValueError:
         return ValueError(f"latency table {source}: {what}; re-profile to rebuild it (`halp profile ...`)")
 
@@ -148,13 +146,6 @@ def table_from_dict(
                             None if c.get("e") is None else float(c["e"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"calibration is malformed: {exc!s}")
-    if calib.method == "split" and not recalibrating:
-        raise ValueError(
-            f"latency table {source}: its calibration has the form 'split', which halp no longer supports (it never "
-            f"beat the other forms on held-out networks); re-take the calibration with `halp profile --model MODEL "
-            f"-o {source} --recalibrate` (Python: halp.recalibrate(LatencyTable.load(path, recalibrating=True), ...)), "
-            "or re-profile"
-        )
     return meta, entries, ops, calib
 
 

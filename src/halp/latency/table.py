@@ -248,17 +248,13 @@ class LatencyTable:
         return path
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>", *, recalibrating: bool = False) -> "LatencyTable":
-        meta, entries, ops, calib = serial.table_from_dict(data, source, FORMAT, FORMAT_VERSION, recalibrating)
+    def from_dict(cls, data: Any, source: str = "<dict>") -> "LatencyTable":
+        meta, entries, ops, calib = serial.table_from_dict(data, source, FORMAT, FORMAT_VERSION)
         return cls(meta, entries, ops, calib)
 
     @classmethod
-    def load(cls, path: str | Path, *, recalibrating: bool = False) -> "LatencyTable":
-        """Read a table written by :meth:`save`; a bad file raises ``ValueError`` saying what to do.
-
-        ``recalibrating=True`` also accepts a calibration of a form halp no longer fits (``split``), for
-        :func:`halp.recalibrate` to replace; predictions need a recalibrated table.
-        """
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table written by :meth:`save`; a bad file raises ``ValueError`` saying what to do."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -271,7 +267,7 @@ class LatencyTable:
                 f"latency table {path} is not valid JSON ({exc.msg} at line {exc.lineno}); the file is corrupt "
                 "or truncated: delete it and re-profile (`halp profile ... -o " f"{path}`)"
             ) from None
-        return cls.from_dict(data, str(path), recalibrating=recalibrating)
+        return cls.from_dict(data, str(path))
 
     def __repr__(self) -> str:
         return (
