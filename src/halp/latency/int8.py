@@ -94,23 +94,22 @@ def runtime_layout(model: Any, feed: dict[str, np.ndarray]) -> tuple[Any, dict[s
     input the graph output. A model without them (a Gemm, a runtime that kept NCHW) is returned as is.
     """
     graph = model.graph
-    inputs = {vi.name: vi for vi in graph.input}
-    outputs = {vi.name: vi for vi in graph.output}
     feed = dict(feed)
-    for node in list(graph.node):
-        if node.op_type == "Transpose" and node.input[0] in inputs and _perm(node) == [0, 2, 3, 1]:
-            vi = inputs.pop(node.input[0])
+    nhwc = (0, 2, 3, 1)
+    for side, perm in (("input", list(nhwc)), ("output", [0, 3, 1, 2])):
+        values = getattr(graph, side)
+        ends = {vi.name: vi for vi in values}
+        for node in list(graph.node):
+            # the boundary value and the channels-last value on the transpose's other side
+            outer, inner = (node.input[0], node.output[0]) if side == "input" else (node.output[0], node.input[0])
+            if node.op_type != "Transpose" or outer not in ends or _perm(node) != perm:
+                continue
+            vi = ends.pop(outer)
             shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-            graph.input.remove(vi)
-            graph.input.append(_retype(vi, node.output[0], [shape[i] for i in (0, 2, 3, 1)]))
-            feed[node.output[0]] = np.ascontiguousarray(feed.pop(vi.name).transpose(0, 2, 3, 1))
-            graph.node.remove(node)
-    for node in list(graph.node):
-        if node.op_type == "Transpose" and node.output[0] in outputs and _perm(node) == [0, 3, 1, 2]:
-            vi = outputs.pop(node.output[0])
-            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-            graph.output.remove(vi)
-            graph.output.append(_retype(vi, node.input[0], [shape[i] for i in (0, 2, 3, 1)]))
+            values.remove(vi)
+            values.append(_retype(vi, inner, [shape[i] for i in nhwc]))
+            if side == "input":
+                feed[inner] = np.ascontiguousarray(feed.pop(outer).transpose(*nhwc))
             graph.node.remove(node)
     return model, feed
 
