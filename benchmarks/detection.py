@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import halp
@@ -91,6 +92,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="HALP's last steps measured on this CPU (halp.feedback; 0: the table alone)")
     p.add_argument("--measure-seconds", type=float, default=1.0,
                    help="seconds per network of each closed-loop and matching measurement (Recipe.measure_seconds)")
+    p.add_argument("--measure-passes", type=int, default=3,
+                   help="final timing: interleaved passes per seed; each network's median ratio to dense is reported")
     p.add_argument("--min-fraction", type=float, default=0.1,
                    help="PruneConfig.min_fraction: no group below this fraction of its dense width (HALP and uniform)")
     p.add_argument("--slice-minutes", type=float, default=0.0,
@@ -401,12 +404,21 @@ def phase_measure(a: argparse.Namespace) -> None:
         det = _dense(a, seed, info)
         dense_core = DetectorCore(det).eval()
         nets = _networks(a, seed, dense_core, table)
-        stats = measure_many([dense_core, *[n for _, _, n, _ in nets]], x, threads=a.threads, repeats=80, rounds=16,
-                             clock=a.match_clock)
-        rows.append({"method": "dense", "budget": None, "seed": seed, "latency_ms": float(stats[0])})
-        for (method, budget, _, widths), st in zip(nets, stats[1:]):
-            rows.append({"method": method, "budget": budget, "seed": seed, "latency_ms": float(st),
-                         "latency_ratio": float(st) / float(stats[0]), "widths": widths})
+        models = [dense_core, *[n for _, _, n, _ in nets]]
+        passes = []  # --measure-passes interleaved measurements, alternately in reverse order
+        for k in range(a.measure_passes):
+            order = list(range(len(models)))[::(-1 if k % 2 else 1)]
+            got = measure_many([models[i] for i in order], x, threads=a.threads, repeats=80, rounds=16,
+                               clock=a.match_clock)
+            passes.append([float(got[order.index(i)]) for i in range(len(models))])
+        ms = np.median(np.array(passes), axis=0)
+        ratios = [[p[i] / p[0] for p in passes] for i in range(len(models))]
+        rows.append({"method": "dense", "budget": None, "seed": seed, "latency_ms": float(ms[0]),
+                     "latency_ms_passes": [p[0] for p in passes]})
+        for i, (method, budget, _, widths) in enumerate(nets, start=1):
+            rows.append({"method": method, "budget": budget, "seed": seed, "latency_ms": float(ms[i]),
+                         "latency_ratio": float(np.median(ratios[i])), "latency_ratio_passes": ratios[i],
+                         "widths": widths})
     # decoding + NMS at batch 1: the fixed cost outside the pruned network, reported apart
     images = [te.dataset[0][0]]
     det.eval()
