@@ -217,9 +217,13 @@ def _prune_config(a: argparse.Namespace, budget: float, target_ms: float | None 
 
 
 class _MatchedUniform(UniformPruner):
-    """Uniform scaling whose last step keeps exactly the widths matched to HALP's measured latency."""
+    """Uniform scaling whose last step keeps exactly the widths of ``multiplier``, the one matched to HALP's
+    measured latency (None: plain uniform scaling)."""
 
-    final_widths: dict[str, int] = {}
+    def __init__(self, *args: Any, multiplier: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # taken before any step, with every channel kept: the widths match phase measured
+        self.final_widths = {} if multiplier is None else self.uniform_widths(multiplier)
 
     def _allocate(self, offers, ranked, scores, target):
         result = super()._allocate(offers, ranked, scores, target)
@@ -231,18 +235,18 @@ class _MatchedUniform(UniformPruner):
 
 def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, target_ms: float | None,
                loaders: tuple[Any, Any, Any], table: LatencyTable,
-               final_widths: dict[str, int] | None = None) -> dict[str, Any] | None:
+               multiplier: float | None = None) -> dict[str, Any] | None:
     tr, te, info = loaders
-    det = copy.deepcopy(_dense(a, seed, info))
+    dense = _dense(a, seed, info)
+    det = copy.deepcopy(dense)
     core = DetectorCore(det)
     cfg = _prune_config(a, budget, target_ms)
     if method == "uniform":
-        pruner = _MatchedUniform(core, _example(a), table, cfg)
-        pruner.final_widths = dict(final_widths or {})
+        pruner = _MatchedUniform(core, _example(a), table, cfg, multiplier=multiplier)
     else:
         pruner = halp.Pruner(core, _example(a), table, cfg)
         if a.feedback_steps > 0:
-            dense_core = DetectorCore(_dense(a, seed, info)).eval()
+            dense_core = DetectorCore(dense).eval()
             pruner.feedback = DeviceFeedback(
                 ratio_meter(dense_core, _example(a), pruner.dense_ms, threads=a.threads, seconds=a.measure_seconds),
                 steps=min(a.feedback_steps, a.steps))
@@ -276,10 +280,12 @@ def phase_halp(a: argparse.Namespace) -> bool:
     return True
 
 
-def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace) -> float:
-    """``model`` over ``reference``, side by side for about ``--measure-seconds`` each (halp's statistic)."""
+def _measured_ratio(model: torch.nn.Module, reference: torch.nn.Module, a: argparse.Namespace,
+                    reference_ms: float) -> float:
+    """``model`` over ``reference``, side by side for about ``--measure-seconds`` each (halp's statistic;
+    ``reference_ms``, the table's prediction of the reference, sizes the repeats)."""
     if a.match_clock == "wall":
-        return ratio_meter(reference, _example(a), 30.0, threads=a.threads, seconds=a.measure_seconds)(model)
+        return ratio_meter(reference, _example(a), reference_ms, threads=a.threads, seconds=a.measure_seconds)(model)
     stats = measure_many([reference, model], _example(a), threads=a.threads, repeats=30, rounds=8, clock=a.match_clock)
     return float(stats[1]) / float(stats[0])
 
@@ -335,7 +341,7 @@ def phase_match(a: argparse.Namespace) -> None:
             for _ in range(8):
                 widths = up.uniform_widths(m)
                 slim = prune_channels(dense_core, up.graph, keep_from_widths(up.graph, None, widths)).eval()
-                ratio = _measured_ratio(slim, halp_slim, a)
+                ratio = _measured_ratio(slim, halp_slim, a, halp_predicted)
                 tries.append({"multiplier": m, "ratio_to_halp": ratio, "predicted_ms": up.predict(widths)})
                 log.info("match %s: multiplier %.4f -> uniform/halp measured %.4f", key, m, ratio)
                 if abs(ratio - 1.0) <= a.match_tol:
@@ -357,9 +363,9 @@ def phase_uniform(a: argparse.Namespace) -> bool:
                 # the schedule's targets fall to the matched network's predicted latency; its last step
                 # keeps exactly the matched multiplier's widths
                 match = matches[f"{budget}-seed{seed}"]
-                widths = _matched_widths(a, DetectorCore(_dense(a, seed, loaders[2])).eval(), table, budget, match)[0]
                 target = match["predicted_ms"] * (1 + 1e-9)
-                if _prune_one(a, seed, "uniform", budget, target, loaders, table, final_widths=widths) is None:
+                if _prune_one(a, seed, "uniform", budget, target, loaders, table,
+                              multiplier=match["multiplier"]) is None:
                     return False
     return True
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The detection benchmark end to end (issue 14): timing phases (and HALP, whose closed loop measures) under the
-# exclusive CPU lock, training under the shared one, every locked command at most ~9 minutes (training phases stop with a checkpoint after
-# --slice-minutes and exit 3; profile and match resume from what they wrote). Resumable: rerun the script
+# The detection benchmark end to end (issue 14): timing phases (and HALP, whose closed loop measures) under
+# the exclusive CPU lock, training under the shared one, every locked command at most ~9 minutes (training
+# phases stop with a checkpoint after --slice-minutes and exit 3; profile and match resume from what they wrote). Resumable: rerun the script
 # after a kill and every phase skips what is already done. One process per seed and budget, one thread each.
 #   benchmarks/detection_run.sh [extra args for benchmarks/detection.py, e.g. --finetune-epochs 3]
 # LOCK_CMD: the lock wrapper taking -s/-x (default /work/wt/cpulock if present, else flock on /tmp/halp-cpu.lock)

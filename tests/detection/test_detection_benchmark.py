@@ -60,9 +60,8 @@ def test_matched_uniform_ends_at_exactly_the_matched_widths():
     table = halp.profile(TinyNet(width=32), x, backend=FakeBackend(), progress=False, grid_points=4, fine_span=0)
     model = TinyNet(width=32)
     cfg = halp.PruneConfig(target=0.5, steps=2, interval=1, protect_stem=False)
-    pruner = bench._MatchedUniform(model, x, table, cfg)
+    pruner = bench._MatchedUniform(model, x, table, cfg, multiplier=0.37)
     matched = pruner.uniform_widths(0.37)
-    pruner.final_widths = dict(matched)
     g = torch.Generator().manual_seed(1)
     results = []
     for _ in range(2):

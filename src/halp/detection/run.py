@@ -16,7 +16,8 @@ The same stages as :func:`halp.run.run`, with the detector's pieces in place of 
 The fine-tuning and dense-training configs start from :data:`~halp.detection.DETECTION_RECIPE` (AdamW;
 fine-tuning at a fifth of its learning rate) and the recipe's ``train``/``dense_train`` keys override
 it. Every pruning step measures the slim per-image network the solver proposes against the dense one on
-the device (:mod:`halp.feedback`; ``feedback_steps: 0`` turns it off), so the budget holds as measured. The correction step after the schedule is not run here: it would need the detector's loss in
+the device (:mod:`halp.feedback`; ``feedback_steps: 0`` turns it off), so the budget holds as measured.
+The correction step after the schedule is not run here: it would need the detector's loss in
 :func:`halp.run._verify_on_device`; the report states budget, predicted and measured ratios instead.
 """
 
