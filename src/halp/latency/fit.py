@@ -158,14 +158,14 @@ def fit_calibration(
     # a form that weights the table's layer time below MIN_LAYER_WEIGHT has traded it for another term
     # (the op sum grows with the same widths): it fits its samples and extrapolates wrongly, so it is
     # not offered (seen: 0.000·layers + 7.77·ops on SSDlite, 0.19·layers + 7.15·ops on MobileNet-V3)
-    usable = [f for f in usable if f in ("scale", "affine")
-              or min(_solve(f, lay, ops, interp, dw, y)[i] for i in (0, 3, 4)) >= MIN_LAYER_WEIGHT]
+    fits = {f: _solve(f, lay, ops, interp, dw, y) for f in usable}
+    usable = [f for f in usable if f in ("scale", "affine") or min(fits[f][i] for i in (0, 3, 4)) >= MIN_LAYER_WEIGHT]
     loo = {f: _loo(f, lay, ops, interp, dw, y) for f in usable} if y.size >= 3 else {}
     form = usable[0]
     for f in usable[1:]:
         if loo[f] < 0.95 * loo[form] and loo[form] - loo[f] > 1e-6:  # a material gain, not rounding
             form = f
-    a, b, c, d, e = _solve(form, lay, ops, interp, dw, y)
+    a, b, c, d, e = fits[form]
     return a, b, c, d, e, form, loo
 
 
