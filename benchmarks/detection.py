@@ -88,8 +88,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
     p.add_argument("--profile-statistic", default=None,
                    help="the latency table's statistic (default: the library's; p10 on a machine shared with other jobs)")
-    p.add_argument("--feedback-steps", type=int, default=2,
-                   help="HALP's last steps measured on this CPU (halp.feedback; 0: the table alone)")
+    p.add_argument("--feedback-steps", type=int, default=None,
+                   help="HALP's last steps measured on this CPU (halp.feedback; default: every step, as "
+                        "halp prune; 0: the table alone)")
     p.add_argument("--measure-seconds", type=float, default=1.0,
                    help="seconds per network of each closed-loop and matching measurement (Recipe.measure_seconds)")
     p.add_argument("--measure-passes", type=int, default=3,
@@ -245,11 +246,12 @@ def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, tar
         pruner = _MatchedUniform(core, _example(a), table, cfg, multiplier=multiplier)
     else:
         pruner = halp.Pruner(core, _example(a), table, cfg)
-        if a.feedback_steps > 0:
+        steps = a.steps if a.feedback_steps is None else min(a.feedback_steps, a.steps)
+        if steps > 0:
             dense_core = DetectorCore(dense).eval()
             pruner.feedback = DeviceFeedback(
                 ratio_meter(dense_core, _example(a), pruner.dense_ms, threads=a.threads, seconds=a.measure_seconds),
-                steps=min(a.feedback_steps, a.steps))
+                steps=steps)
     folder = a.work / f"{method}-{budget}-seed{seed}"
     ckpt = folder.with_name(folder.name + ".part.ckpt")
     res = _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt, pruner=pruner)

@@ -10,6 +10,11 @@ a GPU is present (``--cuda``); none was lent to the session that produced docs/r
     python benchmarks/hardware.py --quick
     python benchmarks/hardware.py            # resnet56 + mobilenet_v2_cifar, 3 seeds
     python benchmarks/hardware.py --matrix   # issue 15: torch-cpu, openvino, openvino-int8 tables (+ Fig. 15)
+    python benchmarks/hardware.py --matrix --feedback-steps 8   # each table's pruning measured on its backend
+
+Without ``--feedback-steps`` each model is pruned with its table alone (the paper's setting), so the
+matrix also carries every table's own error on this CPU; with it, halp's closed loop makes every model meet
+the budget as measured on its own backend, and the matrix compares the networks the tables chose.
 """
 
 from __future__ import annotations
@@ -47,21 +52,43 @@ def table_settings(p: ex.Preset, backend: str) -> dict[str, Any]:
     return dict(p.profile)
 
 
-def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str], prepare: bool = False) -> dict[str, Any]:
-    from halp.latency import predict_from_widths
+def make_pruner(ctx: ex.Context, table: Any, backend: str, cfg: Any, feedback_steps: int):
+    """HALP with ``table``; with ``feedback_steps`` > 0 its last steps measure the proposed slim models on
+    ``backend`` against the dense model (halp's closed loop, as ``halp prune``), so every table's model meets
+    the budget *as measured on its own backend* and the matrix compares networks, not tables' errors."""
+    from halp.feedback import DeviceFeedback
     from halp.pruner import Pruner
+    from halp.run import ratio_meter
+
+    def build(model: torch.nn.Module) -> Pruner:
+        pruner = Pruner(model, ctx.x, table, cfg)
+        if feedback_steps > 0:
+            meter = ratio_meter(ctx.dense.eval(), ctx.x, pruner.dense_ms, threads=ctx.p.threads,
+                                backend=ex.timing_backend(backend, ctx.p.threads), seconds=1.0,
+                                min_repeats=ctx.p.measure_repeats)
+            pruner.feedback = DeviceFeedback(meter, steps=min(feedback_steps, cfg.steps))
+        return pruner
+
+    return build
+
+
+def run_model(store: ex.CellStore, ctx: ex.Context, backends: list[str], prepare: bool = False,
+              feedback_steps: int = 0) -> dict[str, Any]:
+    from halp.latency import predict_from_widths
 
     p = ctx.p
     tables = {b: ex.latency_table(ctx.dense, ctx.model_name, ctx.x, b, p, table_settings(p, b)) for b in backends}
     budget = p.hardware_budget  # every table must reach it: ONNX Runtime's coarse steps stop near 0.61 x dense
-    base = {"model": ctx.model_name, "task": ctx.task, "seed": ctx.seed, "preset": p.name, "budget": budget}
+    base = {"model": ctx.model_name, "task": ctx.task, "seed": ctx.seed, "preset": p.name, "budget": budget,
+            **({"feedback_steps": feedback_steps} if feedback_steps > 0 else {})}
     cells = {}
     for b in backends:
         def compute(b: str = b) -> dict[str, Any]:
             cfg = ctx.prune_config(target=budget)
-            out = ctx.model_dir(EXPERIMENT, table=b, budget=budget)
+            loop = {"loop": feedback_steps} if feedback_steps else {}
+            out = ctx.model_dir(EXPERIMENT, table=b, budget=budget, **loop)
             try:
-                rec = ctx.run_pruner(lambda m: Pruner(m, ctx.x, tables[b], cfg), out)
+                rec = ctx.run_pruner(make_pruner(ctx, tables[b], b, cfg, feedback_steps), out)
             except ValueError as exc:
                 return {"infeasible": str(exc)}
             return {**rec, "model_dir": str(out.relative_to(ex.ROOT))}
@@ -253,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="train, profile, prune and score INT8 accuracy only (cached); a later run without it "
                          "takes the side-by-side measurements (the only step that must hold the exclusive lock "
                          "when the tables were profiled earlier)")
+    ap.add_argument("--feedback-steps", type=int, default=0,
+                    help="the last this many pruning steps measure on the table's own backend (halp's closed "
+                         "loop; the preset's step count: every step); 0, the default, prunes with the tables alone "
+                         "as the paper does, so the matrix then also shows each table's error")
     ap.add_argument("--backends", nargs="+", default=None,
                     help="tables to prune with and backends to measure on (also openvino, onnxruntime-int8, "
                          "openvino-int8: the Figs. 3/14 matrix with FP32 and INT8 tables)")
     args = ap.parse_args(argv)
+    if args.feedback_steps < 0:
+        raise ValueError(f"--feedback-steps must be >= 0 (0: the tables alone), got {args.feedback_steps}")
     p = ex.preset_from_args(args)
     if args.matrix:
         p = MATRIX if args.threads is None else ex.replace(MATRIX, threads=args.threads)
@@ -274,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in p.ablation_models:
         for seed in p.ablation_seeds:
-            results.append(run_model(store, ex.Context(model, p.ablation_task, seed, p), backends, args.prepare))
+            results.append(run_model(store, ex.Context(model, p.ablation_task, seed, p), backends, args.prepare,
+                                     args.feedback_steps))
     if args.prepare:
         return 0
     stem = "hardware" if backends == ["torch-cpu", "onnxruntime"] else "hardware_" + "_".join(backends)
@@ -282,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = "hardware_matrix_" + "_".join(backends)
     if args.budget is not None:
         stem += f"_b{args.budget:g}"
+    if args.feedback_steps:
+        stem += f"_loop{args.feedback_steps}"
     ex.write_json(ex.RESULTS / f"{stem}.json", {"preset": p.to_dict(), "machine": ex.machine(p),
                                                  "cuda": torch.cuda.is_available(), "results": results})
     plot(results, backends, ex.RESULTS / f"{stem}.png")

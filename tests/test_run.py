@@ -199,6 +199,30 @@ def test_feedback_lands_the_measured_budget_and_the_report_states_it(assets, tmp
     assert "budget 0.600" in (tmp_path / "summary.md").read_text()
 
 
+def test_by_default_every_pruning_step_is_measured_and_each_lands_its_own_target(assets, tmp_path, monkeypatch):
+    """Recipe.feedback_steps None (the default): every step measures its slim model on the (fake) device, so
+    the measured ratio follows the schedule's targets from the first step, not only the last two."""
+    import halp.latency
+    from halp.latency.timing import LatencyStats
+
+    def device_ms(m):  # per-op overhead the table does not know: the table is optimistic at every width
+        return 0.3 + 1e-4 * sum(p.numel() for p in m.parameters() if p.dim() == 4)
+
+    def fake_measure(models, *args, **kwargs):
+        return [LatencyStats(v, 0.0, v, [v], [v]) for v in map(device_ms, models)]
+
+    monkeypatch.setattr(halp.latency, "measure_many", fake_measure)
+    assert Recipe().feedback_steps is None
+    report = run(recipe(assets, tmp_path, extra={"feedback_steps": None}, target=0.6), progress=False)
+    steps = report["steps"]
+    assert len(steps) == 3 and all(s.get("feedback") for s in steps)
+    dense_ms = report["dense"]["predicted_ms"]
+    for s in steps:  # each step's measured ratio inside [0.95, 1] x its own goal (the exponential schedule)
+        goal = s["target_ms"] / dense_ms
+        assert 0.95 * goal - 1e-9 <= s["measured_ratio"] <= goal + 1e-9, (s["measured_ratio"], goal)
+    assert 0.95 * 0.6 <= report["schedule_end_measured_ratio"] <= 0.6
+
+
 def test_an_unconfirmed_miss_triggers_no_correction(assets, tmp_path, monkeypatch):
     """One high reading of the ratio (a noisy shared machine) is outvoted by two that meet the budget."""
     import halp.latency

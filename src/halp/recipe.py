@@ -52,8 +52,9 @@ class Recipe:
             ``correction_epochs`` more. 0 trusts the table alone (the paper's behaviour).
         feedback_steps: the last this many pruning steps measure the slim models the solver proposes on
             this device and move their targets by the measured miss (:mod:`halp.feedback`), so the schedule
-            ends within ``[(1 - feedback_band), 1] x`` the budget as measured; 0 trusts the table. HALP only
-            (the baselines keep their own targets).
+            ends within ``[(1 - feedback_band), 1] x`` the budget as measured; None (the default): every
+            step, so a table that is off by 10% is found out at the first step, not in the last two with
+            little fine-tuning left; 0 trusts the table. HALP only (the baselines keep their own targets).
         measure_repeats, measure_seconds: the budget's measurements (the closed loop, the check after the
             schedule, the report) time each model for at least ``measure_repeats`` forwards and at least
             ``measure_seconds`` (estimated from the table's dense latency; at most 1000 forwards): a ratio
@@ -84,7 +85,7 @@ class Recipe:
     corrections: int = 1
     correction_tolerance: float = 0.02
     correction_epochs: int = 2
-    feedback_steps: int = 2
+    feedback_steps: int | None = None
     feedback_band: float = 0.05
     plots: bool = True
     out: str = "runs/halp"
@@ -102,8 +103,10 @@ class Recipe:
             raise ValueError(f"corrections must be a non-negative integer, got {self.corrections!r}")
         if not 0 <= self.correction_tolerance < 1:
             raise ValueError(f"correction_tolerance must be in [0, 1), got {self.correction_tolerance}")
-        if not isinstance(self.feedback_steps, int) or isinstance(self.feedback_steps, bool) or self.feedback_steps < 0:
-            raise ValueError(f"feedback_steps must be a non-negative integer (0: off), got {self.feedback_steps!r}")
+        steps = self.feedback_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+            raise ValueError(f"feedback_steps must be a non-negative integer (0: off) or null (every pruning "
+                             f"step), got {steps!r}")
         if not isinstance(self.measure_repeats, int) or isinstance(self.measure_repeats, bool) or self.measure_repeats < 1:
             raise ValueError(f"measure_repeats must be a positive integer, got {self.measure_repeats!r}")
         if not isinstance(self.measure_seconds, (int, float)) or not 0 <= self.measure_seconds <= 60:

@@ -155,9 +155,10 @@ def _make_pruner(recipe: Recipe, model: nn.Module, example: torch.Tensor, table:
     if recipe.method == "taylor-flops":
         return FlopsTaylorPruner(model, example, table, cfg, flops_target=recipe.flops_target)
     pruner = Pruner(model, example, table, cfg)
-    if recipe.feedback_steps > 0:
+    steps = cfg.steps if recipe.feedback_steps is None else min(recipe.feedback_steps, cfg.steps)
+    if steps > 0:
         pruner.feedback = DeviceFeedback(ratio_measure(recipe, dense, example, pruner.dense_ms),
-                                         steps=min(recipe.feedback_steps, cfg.steps), band=recipe.feedback_band)
+                                         steps=steps, band=recipe.feedback_band)
     return pruner
 
 

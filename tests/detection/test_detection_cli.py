@@ -131,9 +131,10 @@ def test_min_fraction_defaults_for_detection_and_the_cli_sets_or_refuses_it():
     assert prune_recipe(Recipe.from_dict({**base, "prune": {"target": 0.5}})).prune_config().min_fraction == 0.1
     chosen = Recipe.from_dict({**base, "prune": {"min_fraction": 0.0}})
     assert prune_recipe(chosen).prune_config().min_fraction == 0.0  # the recipe's own choice wins
-    # every pruning step is measured on the device, unless the recipe turns the feedback off
+    # the closed loop is the recipe's: every pruning step unless it says how many (0: off)
     eight = {**base, "prune": {"target": 0.5, "steps": 8}}
-    assert prune_recipe(Recipe.from_dict({**eight, "feedback_steps": 2})).feedback_steps == 8
+    assert prune_recipe(Recipe.from_dict(eight)).feedback_steps is None
+    assert prune_recipe(Recipe.from_dict({**eight, "feedback_steps": 2})).feedback_steps == 2
     assert prune_recipe(Recipe.from_dict({**eight, "feedback_steps": 0})).feedback_steps == 0
     args = build_parser().parse_args(["prune", "--task", "detection", "--model", MODEL, "--min-fraction", "0.25"])
     assert recipe_from_args(args).prune_config().min_fraction == 0.25

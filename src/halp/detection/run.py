@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from halp.config import PruneConfig
 from halp.recipe import Recipe, atomic_write_json
 from halp.train import TrainConfig
 
@@ -48,17 +47,15 @@ MIN_FRACTION = 0.1
 
 def prune_recipe(recipe: Recipe) -> Recipe:
     """The recipe the detection pruner runs: :data:`MIN_FRACTION` as the width floor where the recipe does
-    not choose one, and every pruning step measured on the device unless feedback is off (0).
+    not choose one. The closed loop is the recipe's (by default every pruning step is measured).
 
-    Why every step: SSDlite's table was 12% optimistic on this CPU. Measured only in the last two steps,
-    the schedule found that out late and cut a fifth of the latency in those two steps, with little
-    fine-tuning left: mAP@0.5 0.329 against 0.363 with every step measured (budget 0.6, one seed,
-    docs/results.md). A step's measurements cost a few seconds; a detector's fine-tuning, minutes.
+    Why every step matters most here: SSDlite's table was 12% optimistic on this CPU. Measured only in the
+    last two steps, the schedule found that out late and cut a fifth of the latency in those two steps,
+    with little fine-tuning left: mAP@0.5 0.329 against 0.363 with every step measured (budget 0.6, one
+    seed, docs/results.md). A step's measurements cost a few seconds; a detector's fine-tuning, minutes.
     """
     prune = {"min_fraction": MIN_FRACTION, **dict(recipe.prune)}
-    steps = PruneConfig.from_dict(prune).steps
-    feedback = recipe.feedback_steps and max(recipe.feedback_steps, steps)
-    return dataclasses.replace(recipe, prune=prune, feedback_steps=feedback)
+    return dataclasses.replace(recipe, prune=prune)
 
 
 def _config(base: TrainConfig, overrides: Any, **defaults: Any) -> TrainConfig:
