@@ -361,7 +361,9 @@ class Context:
         report = pruner.report()
         return {"accuracy": acc, "widths": widths, "predicted_ms": report["predicted_ms"],
                 "dense_predicted_ms": report["dense_ms"], "group_steps": report["group_steps"],
-                "step_targets_ms": report["targets_ms"], **model_stats(self.graph, widths), **ft}
+                "step_targets_ms": report["targets_ms"], **model_stats(self.graph, widths), **ft,
+                **({"loop_measured_ratios": [h.get("measured_ratio") for h in report["steps"]]}
+                   if getattr(pruner, "feedback", None) is not None else {})}
 
     def evaluate(self, model: nn.Module) -> float:
         from halp.train import evaluate

@@ -3,7 +3,7 @@ depthwise convolutions, and where the schedule ends as the device measures it.
 
 For each model the dense network is trained once (the first budget's run) and its table profiled once;
 the other budgets reuse both (copied into their own run directories). Every run is an ordinary
-``halp.run.run`` with the closed loop on (``feedback_steps`` 2); the row reports the budget, the table's
+``halp.run.run`` with the closed loop on (the recipe's default: every pruning step); the row reports the budget, the table's
 prediction of the schedule's final widths, the loop's own measurement of them, the independent
 measurement right after the schedule (before any correction step: ``schedule_end_measured_ratio``), the
 report's final measurement, and how many correction steps ran. All latencies are ratios of the slim over

@@ -248,8 +248,16 @@ def test_data_options_reach_the_loaders_and_the_dense_cache_key() -> None:
 def test_hardware_verdict_names_the_fastest_model_per_backend() -> None:
     import hardware
 
-    rows = [{"pruned_with": "a", "latency_ms@a": 1.0, "latency_ms@b": 3.0},
-            {"pruned_with": "b", "latency_ms@a": 2.0, "latency_ms@b": 4.0}]
+    rows = [{"pruned_with": "a", "budget": 0.5, "accuracy": 0.90, "latency_ms@a": 1.0, "latency_ms@b": 3.0,
+             "vs_dense@a": 0.40, "vs_dense@b": 0.45},
+            {"pruned_with": "b", "budget": 0.5, "accuracy": 0.92, "latency_ms@a": 2.0, "latency_ms@b": 4.0,
+             "vs_dense@a": 0.80, "vs_dense@b": 0.505}]
     text = hardware.verdict([{"rows": rows}], ["a", "b"])
     assert "on a: fastest is the a table's model (its own: claim holds)" in text
     assert "on b: fastest is the a table's model; its own table's model is 33.3% slower (claim fails here)" in text
+    # at equal latency: b's model meets the budget on b (0.505 <= 0.5 x 1.02) and is the more accurate there
+    assert ("within 0.510 x dense on b (a, b): most accurate is the b table's model, 92.00% (its own: claim holds)"
+            in text)
+    assert "within 0.510 x dense on a (a): most accurate is the a table's model" in text
+    rows[0]["accuracy"] = 0.95  # now a's model wins on b too, and b's own is 3 points behind
+    assert "its own is 3.00 points less accurate: claim fails here" in hardware.verdict([{"rows": rows}], ["a", "b"])

@@ -6,11 +6,12 @@ dense where the table said 0.50), from effects a per-layer table cannot see (one
 sawtooth, in-network cache effects, per-op overhead; HALP-SPEC section 6). Correcting *after* the schedule
 prunes a fine-tuned network once more and costs accuracy (the demo lost 4.2 points that way).
 
-So the last ``steps`` pruning steps run a closed loop: solve the knapsack for a target, build the slim
-model it proposes, measure it against the dense model, and move the target by the measured miss until
-the measured ratio lands in ``[(1 - band), 1] x`` the step's ratio. The factor ``measured / predicted``
-learned at one step seeds the next, so the final step usually needs one or two measurements. Every width
-combination measured is remembered, so the loop never measures one twice.
+So the last ``steps`` pruning steps (``halp prune``: every step, unless the recipe says) run a closed
+loop: solve the knapsack for a target, build the slim model it proposes, measure it against the dense
+model, and move the target by the measured miss until the measured ratio lands in ``[(1 - band), 1] x``
+the step's ratio. The factor ``measured / predicted`` learned at one step seeds the next, so the final
+step usually needs one or two measurements. Every width combination measured is remembered, so the loop
+never measures one twice.
 """
 
 from __future__ import annotations

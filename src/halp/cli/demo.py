@@ -2,7 +2,7 @@
 
 Trains a small ResNet on scikit-learn's handwritten digits (upscaled, augmented), or reuses the dense model
 an earlier run left in ``--out``; profiles this CPU; HALP-prunes to 50% of the dense latency while
-fine-tuning, measuring the slim models of the last pruning steps on this CPU (:mod:`halp.feedback`); prints
+fine-tuning, measuring the slim model of every pruning step on this CPU (:mod:`halp.feedback`); prints
 accuracy and the budget, predicted and measured latency before and after.
 """
 
