@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from halp.detection import DetectorCore, create_detector, detect, feature_shapes, preprocess, with_core
+from halp.detection import DetectorCore, create_detector, detect, feature_shapes, postprocess_ms, preprocess, with_core
 
 from detection_helpers import lively
 
@@ -70,6 +70,37 @@ def test_detect_equals_the_detectors_forward_and_restores_modes():
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(r[key], g[key])
     assert float(got[0]["boxes"][:, 2].max()) <= 128 and float(got[0]["boxes"][:, 3].max()) <= 96  # input pixels
+
+
+def test_postprocess_is_timed_with_the_median_after_warm_up_and_restores_modes(monkeypatch):
+    """The fixed cost is timed like every halp latency: warm-up calls are not timed and the median is reported.
+    A fake clock: the three warm-up calls take 50 ms each (one-time costs), timed calls 1 ms, one of them 200 ms."""
+    import types
+
+    import halp.detection.core as core_module
+    import halp.latency.timing as timing
+
+    torch.manual_seed(5)
+    det = lively(create_detector("ssdlite320_mobilenet_v3_large", 4))
+    core = DetectorCore(det)
+    det.train()
+    now = [0]
+    durations_ms = [50, 50, 50] + [1] * 4 + [200] + [1] * 4
+    real = core_module.postprocess
+    calls = []
+
+    def timed_postprocess(*args):
+        now[0] += durations_ms[len(calls)] * 1_000_000
+        calls.append(real(*args))  # the real work, on the real outputs
+
+    fake_time = types.SimpleNamespace(perf_counter_ns=lambda: now[0], perf_counter=lambda: now[0] / 1e9,
+                                      thread_time_ns=lambda: now[0])
+    monkeypatch.setattr(core_module, "postprocess", timed_postprocess)
+    monkeypatch.setattr(timing, "time", fake_time)
+    ms = postprocess_ms(det, core, _images(6)[0], repeats=9)
+    assert len(calls) == 3 + 9 and all(len(c) == 1 and "boxes" in c[0] for c in calls)
+    assert ms == pytest.approx(1.0)  # the median of the nine timed calls; their mean is 23 ms
+    assert det.training and core.training  # eval inside, the modes put back
 
 
 def test_a_replaced_core_runs_inside_its_detector():

@@ -124,6 +124,33 @@ def postprocess(
 
 
 @torch.no_grad()
+def postprocess_ms(detector: nn.Module, core: nn.Module, image: Tensor, repeats: int = 30) -> float:
+    """Latency (ms) of decoding + NMS + rescaling for one image: halp's statistic (the median of timed calls
+    after warm-up, :func:`halp.latency.timing.time_callable`), like every other latency halp reports.
+
+    The cost depends on how many anchors pass the score threshold, so it is timed on ``core``'s own
+    outputs for ``image`` (a trained detector is the honest case; an untrained one sends every anchor to
+    NMS). A plain mean of the first calls includes their one-time costs.
+    """
+    from halp.latency.timing import TimingSettings, time_callable
+
+    ssd = _check_ssd(detector)
+    modes = [(m, m.training) for m in (*ssd.modules(), *core.modules())]
+    try:
+        ssd.eval()
+        core.eval()
+        batch, original = preprocess(ssd, [image])
+        raw = core(batch.tensors)
+        shapes = feature_shapes(core, *batch.tensors.shape[-2:])
+        settings = TimingSettings(warmup=3, repeats=max(int(repeats), 1), min_time_ms=0.0,
+                                  max_repeats=max(int(repeats), 1))
+        return time_callable(lambda: postprocess(ssd, *raw, batch, shapes, original), settings).latency_ms
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@torch.no_grad()
 def detect(detector: nn.Module, images: Sequence[Tensor] | Tensor, core: DetectorCore | None = None) -> Detections:
     """Detections of ``detector`` with its per-image network replaced by ``core`` (default: its own).
 

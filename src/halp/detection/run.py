@@ -100,30 +100,12 @@ def _dense_detector(recipe: Recipe, out: Path, train_loader: Any, info: Any, pro
     return det
 
 
-def _postprocess_ms(detector: nn.Module, core: nn.Module, image: torch.Tensor, repeats: int) -> float:
-    """Median wall time of decoding + NMS + rescaling for one image (the cost outside the network)."""
-    from halp.detection.core import feature_shapes, postprocess, preprocess
-
-    detector.eval()
-    core.eval()
-    batch, original = preprocess(detector, [image])
-    with torch.no_grad():
-        raw = core(batch.tensors)
-    shapes = feature_shapes(core, *batch.tensors.shape[-2:])
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 3):
-            t0 = time.perf_counter()
-            postprocess(detector, *raw, batch, shapes, original)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(torch.tensor(times[3:]).median())
-
-
 def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Runs a detection recipe and returns the report (also written to ``<out>/report.json``)."""
     from halp import data
     from halp.checkpoint import load_checkpoint
     from halp.detection import DetectorCore, evaluate, make_detection_optimizer, train_detector
+    from halp.detection.core import postprocess_ms
     from halp.detection.network import network_input
     from halp.run import _make_pruner, _PrunerHooks, _table, measure_pair
     from halp.serialize import attach_spec, load_pruned, save_pruned
@@ -181,7 +163,7 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     slim_core = DetectorCore(slim).eval()
     stats = measure_pair(recipe, dense_core, example, pruner.dense_ms)(slim_core)
     image = test_loader.dataset[0][0]
-    post = [_postprocess_ms(d, c, image, 20) for d, c in ((dense, dense_core), (slim, slim_core))]
+    post = [postprocess_ms(d, c, image, 20) for d, c in ((dense, dense_core), (slim, slim_core))]
     report = pruner.report()
     report.update(
         format="halp-report",
