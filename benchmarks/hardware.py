@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the last this many pruning steps measure on the table's own backend (halp's closed "
                          "loop; the preset's step count: every step); 0, the default, prunes with the tables alone "
                          "as the paper does, so the matrix then also shows each table's error")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="dense-model seeds (default: the preset's; the tables are shared, latency does not "
+                         "depend on the weights)")
     ap.add_argument("--measure-repeats", type=int, default=None,
                     help="forwards per model in each of the final measurement's three passes is twice this "
                          "(default: the preset's); with --remeasure, retakes the matrix's timing longer")
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--measure-repeats", args.measure_repeats), ("--measure-rounds", args.measure_rounds)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value}")
+    if args.seeds is not None:
+        p = ex.replace(p, ablation_seeds=tuple(args.seeds))
     if args.measure_repeats is not None:
         p = ex.replace(p, measure_repeats=args.measure_repeats)
     if args.measure_rounds is not None:
@@ -349,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         stem += f"_b{args.budget:g}"
     if args.feedback_steps:
         stem += f"_loop{args.feedback_steps}"
+    if args.seeds is not None:
+        stem += "_s" + "-".join(map(str, args.seeds))
     ex.write_json(ex.RESULTS / f"{stem}.json", {"preset": p.to_dict(), "machine": ex.machine(p),
                                                  "cuda": torch.cuda.is_available(), "results": results})
     plot(results, backends, ex.RESULTS / f"{stem}.png")
