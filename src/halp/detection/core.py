@@ -16,7 +16,8 @@ generator and ``postprocess_detections`` (torchvision's box coder and batched NM
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -123,6 +124,20 @@ def postprocess(
     return ssd.transform.postprocess(dets, batch.image_sizes, list(original_sizes))
 
 
+@contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside, each one's own flag put back after (a fresh DetectorCore wrapper says
+    training=True whatever its parts are in, so the parts' flags are saved, not the wrappers')."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def postprocess_ms(detector: nn.Module, core: nn.Module, image: Tensor, repeats: int = 30) -> float:
     """Latency (ms) of decoding + NMS + rescaling for one image: halp's statistic (the median of timed calls
@@ -135,19 +150,13 @@ def postprocess_ms(detector: nn.Module, core: nn.Module, image: Tensor, repeats:
     from halp.latency.timing import TimingSettings, time_callable
 
     ssd = _check_ssd(detector)
-    modes = [(m, m.training) for m in (*ssd.modules(), *core.modules())]
-    try:
-        ssd.eval()
-        core.eval()
+    n = max(int(repeats), 1)
+    with _eval_mode(ssd, core):
         batch, original = preprocess(ssd, [image])
         raw = core(batch.tensors)
         shapes = feature_shapes(core, *batch.tensors.shape[-2:])
-        settings = TimingSettings(warmup=3, repeats=max(int(repeats), 1), min_time_ms=0.0,
-                                  max_repeats=max(int(repeats), 1))
+        settings = TimingSettings(warmup=3, repeats=n, min_time_ms=0.0, max_repeats=n)
         return time_callable(lambda: postprocess(ssd, *raw, batch, shapes, original), settings).latency_ms
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @torch.no_grad()
@@ -159,19 +168,12 @@ def detect(detector: nn.Module, images: Sequence[Tensor] | Tensor, core: Detecto
     """
     ssd = _check_ssd(detector)
     core = core if core is not None else DetectorCore(ssd)
-    # every module's own flag: a fresh DetectorCore wrapper says training=True whatever its parts are in
-    modes = [(m, m.training) for m in (*ssd.modules(), *core.modules())]
-    try:
-        ssd.eval()
-        core.eval()
+    with _eval_mode(ssd, core):
         batch, original = preprocess(ssd, images)
         feats = core.features(batch.tensors)
         out = core.head(feats)
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         return postprocess(ssd, out["cls_logits"], out["bbox_regression"], batch, shapes, original)
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @torch.no_grad()

@@ -104,8 +104,7 @@ def run_detection(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Runs a detection recipe and returns the report (also written to ``<out>/report.json``)."""
     from halp import data
     from halp.checkpoint import load_checkpoint
-    from halp.detection import DetectorCore, evaluate, make_detection_optimizer, train_detector
-    from halp.detection.core import postprocess_ms
+    from halp.detection import DetectorCore, evaluate, make_detection_optimizer, postprocess_ms, train_detector
     from halp.detection.network import network_input
     from halp.run import _make_pruner, _PrunerHooks, _table, measure_pair
     from halp.serialize import attach_spec, load_pruned, save_pruned
