@@ -6,7 +6,8 @@ table), keeps every slim model the loop measures, exactly as measured, then time
 next to its state (parameters that require grad, contiguity, subnormal values), and the final model three times.
 Timing: run it alone on the machine, under the exclusive lock.
 
-    /work/wt/cpulock -x python benchmarks/loop_bias.py    # needs runs/budget_every from benchmarks/budget_check.py
+    flock -x /tmp/halp-cpu.lock python benchmarks/loop_bias.py    # trains and profiles the dense model first
+    flock -x /tmp/halp-cpu.lock python benchmarks/loop_bias.py --seed-dir runs/budget_every/mobilenet_v2_cifar-0.7-0
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v2_cifar", choices=list(budget_check.recipes()))
     ap.add_argument("--budget", type=float, default=0.7)
-    ap.add_argument("--seed-dir", type=Path, default=Path("runs/budget_every/mobilenet_v2_cifar-0.7-0"),
-                    help="a finished budget-check run: its dense model and table are reused")
+    ap.add_argument("--seed-dir", type=Path, default=None,
+                    help="a finished budget-check run whose dense model and table are reused (default: train and "
+                         "profile them first)")
     ap.add_argument("--runs", type=Path, default=Path("runs/loop_bias"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_bias.json"))
     args = ap.parse_args(argv)
-    if not (args.seed_dir / "dense").is_dir() or not (args.seed_dir / "table.json").is_file():
+    if args.seed_dir is not None and not ((args.seed_dir / "dense").is_dir() and (args.seed_dir / "table.json").is_file()):
         raise SystemExit(f"{args.seed_dir} holds no dense/ and table.json: run benchmarks/budget_check.py first "
                          "or pass --seed-dir")
     shutil.rmtree(args.runs, ignore_errors=True)
