@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from halp.graph.types import LayerShape
+from halp.latency.heap import steady_heap
 from halp.latency.onnx_layers import conv_groups, single_layer_model
 from halp.latency.ops import op_module
 from halp.latency.timing import LatencyStats, TimingSettings, time_callable, time_interleaved
@@ -76,6 +77,7 @@ class Backend(ABC):
                 "the thread clock counts only the calling thread's CPU time: use it with threads=1 on a CPU "
                 f"backend (got {self.name} with {self.threads} threads)"
             )
+        steady_heap()  # one heap state whatever the process allocated before (halp.latency.heap)
         self._saved_threads.append(torch.get_num_threads())
         torch.set_num_threads(self.threads)
         return self
