@@ -3,11 +3,12 @@
 glibc returns large freed blocks to the kernel (``mmap`` / heap trimming) and adapts when it does to the
 process's history. So a network whose forward pass allocates big activation buffers pays page faults on
 *every* forward in a fresh process, and none in a process that once allocated more (training, a larger batch).
-Measured on this project's CPU (docs/results.md, "The closed loop's readings in detection"): SSDlite320 at
-batch 1 took 4,668 minor page faults per forward and 43.7 ms in a fresh process, 0 faults and 30.7 ms after
-a single training step or with the thresholds fixed; its pruned network (smaller buffers) 18 ms either way.
-The ratio of the two, which a budget is, read 0.42 or 0.57 by the process's past, and the closed loop
-(measuring inside the training process) and a later timing (in a fresh one) disagreed by that much.
+Measured on this project's CPU (docs/results.md, "The closed loop's readings in detection";
+``benchmarks/heap_state.py``): SSDlite320's dense network at batch 1 took 3,200-4,000 minor page faults per
+forward and ~40 ms in a fresh process, 0 faults and ~31 ms after a single training step or with the thresholds
+fixed; its pruned network (smaller buffers) 17.5-18 ms either way. The ratio of the two, which a budget is,
+read 0.45 or 0.57 by the process's past, and the closed loop (measuring inside the training process) and a
+later timing (in a fresh one) disagreed by that much.
 
 halp therefore fixes the thresholds once per process before it measures (``mallopt``), at the state the
 training process was in: no page faults for buffers up to :data:`MMAP_THRESHOLD`, whatever ran before. A deployment that runs default glibc in a fresh process reaches the
