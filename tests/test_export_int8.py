@@ -16,14 +16,18 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small digits network trained for a few seconds (halp.train, 5 epochs), saved as a slim model folder."""
+    """A small digits network trained for a few seconds (halp.train, 10 epochs), saved as a slim model folder.
+
+    After 5 epochs an AVX2-only CPU reached 74-82% (three seeds), where INT8 and FP32 disagree on many
+    borderline images and the agreement check failed; 10 epochs reach 94-95% there.
+    """
     from halp.data import make_loaders
     from halp.train import TrainConfig, train
 
     torch.manual_seed(0)
     model = halp.models.create("digits_resnet", widths=(12, 24, 48))
     loader, test, _ = make_loaders("digits", 32, eval_batch_size=128)
-    train(model, loader, TrainConfig(epochs=5, lr=0.05, batch_size=32, warmup_epochs=0.5, eval_every=0, log_every=0),
+    train(model, loader, TrainConfig(epochs=10, lr=0.05, batch_size=32, warmup_epochs=0.5, eval_every=0, log_every=0),
           progress=False)
     model.eval()
     folder = tmp_path_factory.mktemp("int8") / "digits"
@@ -44,7 +48,7 @@ def test_int8_export_keeps_fp32_accuracy(trained, tmp_path, backend, suffix):
                               threads=1)
     assert all(f.is_file() and f.stat().st_size > 0 for f in result.files)
     assert result.calibration_samples == 9 * 32 and result.eval_samples == sum(len(y) for _, y in test)
-    assert result.fp32_top1 > 70.0  # it learned something: the comparison means something
+    assert result.fp32_top1 > 85.0  # it learned something: the comparison means something
     assert abs(result.int8_top1 - result.fp32_top1) <= 1.0, result
     assert result.agreement > 95.0
     if backend == "openvino-int8":
