@@ -1,10 +1,10 @@
 """The heap state behind the closed loop's disagreement with later timings (issues 13 and 14).
 
 Times the detection benchmark's dense SSDlite320 core against one of its HALP networks (side by side, halp's
-statistic, 1 thread) and counts minor page faults per forward, in one fresh process: first with glibc as a fresh process finds it
-(``HALP_KEEP_MALLOC=1``), then ``--then fixed``: with halp's fixed thresholds (:mod:`halp.latency.heap`,
-what every halp measurement now starts with), or ``--then train``: after one training step of the detector
-(the state the closed loop measures in). Run it alone on the machine, once each way:
+statistic, 1 thread) and counts minor page faults per forward, in one fresh process: first with glibc as a
+fresh process finds it (``HALP_KEEP_MALLOC=1``), then ``--then fixed``: with halp's fixed thresholds
+(:mod:`halp.latency.heap`, what every halp measurement now starts with), or ``--then train``: after one
+training step of the detector (the state the closed loop measures in). Run it alone on the machine, once each way:
 
     flock -x /tmp/halp-cpu.lock python benchmarks/heap_state.py --then fixed
     flock -x /tmp/halp-cpu.lock python benchmarks/heap_state.py --then train

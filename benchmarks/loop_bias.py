@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_bias.json"))
     args = ap.parse_args(argv)
     if args.seed_dir is not None and not ((args.seed_dir / "dense").is_dir() and (args.seed_dir / "table.json").is_file()):
-        raise SystemExit(f"{args.seed_dir} holds no dense/ and table.json: run benchmarks/budget_check.py first "
-                         "or pass --seed-dir")
+        raise SystemExit(f"{args.seed_dir} holds no dense/ and table.json: pass a finished benchmarks/budget_check.py "
+                         "run directory, or leave out --seed-dir to train and profile them here")
     shutil.rmtree(args.runs, ignore_errors=True)
     kept: list[tuple[torch.nn.Module, float]] = []
     keep_measured(kept)

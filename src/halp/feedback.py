@@ -49,8 +49,8 @@ class DeviceFeedback:
         attempts: most solves (each one measurement) per measured step.
         correction: the factor measured / predicted learned so far (the median over the last measured
             step's readings; 1: trust the table).
-        measured: measured ratio per width combination (the mean of its readings; the loop's memory).
-        readings: every reading per width combination (two where a reading was confirmed).
+        readings: every reading per width combination (two where a reading was confirmed): the loop's
+            memory; :attr:`measured` and :meth:`lookup` give their mean.
     """
 
     measure: RatioMeasure
@@ -58,7 +58,6 @@ class DeviceFeedback:
     band: float = 0.05
     attempts: int = 5
     correction: float = 1.0
-    measured: dict[tuple[tuple[str, int], ...], float] = field(default_factory=dict)
     readings: dict[tuple[tuple[str, int], ...], list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,26 +72,33 @@ class DeviceFeedback:
     def _key(widths: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         return tuple(sorted((str(k), int(v)) for k, v in widths.items()))
 
+    @property
+    def measured(self) -> dict[tuple[tuple[str, int], ...], float]:
+        """Measured ratio per width combination: the mean of its readings."""
+        return {key: statistics.fmean(r) for key, r in self.readings.items()}
+
     def lookup(self, widths: Mapping[str, int]) -> float | None:
         """The measured ratio of these widths, if the loop measured them."""
-        return self.measured.get(self._key(widths))
+        readings = self.readings.get(self._key(widths))
+        return statistics.fmean(readings) if readings else None
 
     def ratio_of(self, widths: Mapping[str, int], build: Callable[[Mapping[str, int]], Any]) -> float:
         """Measured ratio of ``widths`` (built by ``build`` and measured once; remembered after)."""
         key = self._key(widths)
-        if key not in self.measured:
-            self.measured[key] = float(self.measure(build(widths)))
-            self.readings[key] = [self.measured[key]]
-        return self.measured[key]
+        if key not in self.readings:
+            self.readings[key] = [float(self.measure(build(widths)))]
+        return statistics.fmean(self.readings[key])
 
     def _confirm(self, widths: Mapping[str, int], build: Callable[[Mapping[str, int]], Any]) -> float:
-        """Takes ``widths`` once more (if taken once only) and keeps the mean of the two readings."""
-        key = self._key(widths)
-        readings = self.readings.setdefault(key, [self.measured[key]])
+        """Takes ``widths`` once more (if taken once only); its ratio is then the mean of the two readings."""
+        readings = self.readings[self._key(widths)]
         if len(readings) < 2:
             readings.append(float(self.measure(build(widths))))
-            self.measured[key] = sum(readings) / len(readings)
-        return self.measured[key]
+        return statistics.fmean(readings)
+
+    def _factors(self, tried: list[tuple[float, Any, float]]) -> list[float]:
+        """measured / predicted of every attempt in ``tried`` ((target_ms, result, predicted ratio))."""
+        return [self.lookup(r.widths) / p for _, r, p in tried]
 
     def run(
         self,
@@ -129,12 +135,12 @@ class DeviceFeedback:
                 raise ValueError(f"the table predicts {result.predicted_ms!r} ms for a slim model; a latency table "
                                  "must predict positive times (re-profile it)")
             measured = self.ratio_of(result.widths, build)
-            others = [self.measured[self._key(r.widths)] / p for _, r, p in tried]
-            expected = (statistics.median(others) if others else self.correction if len(self.measured) > 1 else None)
-            if expected is not None and abs(measured / (expected * predicted) - 1.0) > self.band:
+            # the factor the step's other readings (else earlier steps', if any) expect of this one
+            expected = statistics.median(self._factors(tried)) if tried else self.correction
+            if (tried or len(self.readings) > 1) and abs(measured / (expected * predicted) - 1.0) > self.band:
                 measured = self._confirm(result.widths, build)
             tried.append((target, result, predicted))
-            self.correction = statistics.median([self.measured[self._key(r.widths)] / p for _, r, p in tried])
+            self.correction = statistics.median(self._factors(tried))
             records.append({"target_ms": target, "predicted_ratio": predicted, "measured_ratio": measured,
                             "factor": self.correction})
             log.info("feedback: target %.4g ms -> predicted %.3f, measured %.3f x dense (goal %.3f, factor %.3f)",
@@ -146,7 +152,7 @@ class DeviceFeedback:
                 break
         if not tried:
             return solve(goal_ratio * dense_ms), records
-        return self._choose([(t, r, self.measured[self._key(r.widths)]) for t, r, _ in tried], lo, hi), records
+        return self._choose([(t, r, self.lookup(r.widths)) for t, r, _ in tried], lo, hi), records
 
     @staticmethod
     def _next_target(tried: list[tuple[float, Any, float]], want: float) -> float:
@@ -171,4 +177,3 @@ class DeviceFeedback:
         under = [p for p in tried if p[2] <= hi]
         pick = max(inside or under, key=lambda p: p[2]) if (inside or under) else min(tried, key=lambda p: p[2])
         return pick[1]
-

@@ -11,8 +11,9 @@ read 0.45 or 0.57 by the process's past, and the closed loop (measuring inside t
 later timing (in a fresh one) disagreed by that much.
 
 halp therefore fixes the thresholds once per process before it measures (``mallopt``), at the state the
-training process was in: no page faults for buffers up to :data:`MMAP_THRESHOLD`, whatever ran before. A deployment that runs default glibc in a fresh process reaches the
-same state with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456`` in its environment.
+training process was in: no page faults for buffers up to :data:`MMAP_THRESHOLD`, whatever ran before. A
+deployment that runs default glibc in a fresh process reaches the same state with
+``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456`` in its environment.
 Elsewhere (macOS, musl, Windows) this is a no-op.
 """
 
