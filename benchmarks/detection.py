@@ -99,6 +99,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protect", nargs="*", default=[],
                    help="PruneConfig.protect: fnmatch patterns of groups never pruned (HALP and uniform), e.g. "
                         "'*.fc1' (the SE squeezes) 'backbone.extra.*.0.0' (the extra layers' 1x1 reductions)")
+    p.add_argument("--min-saving", type=float, default=PruneConfig.min_saving,
+                   help="PruneConfig.min_saving: HALP leaves alone a group saving less than this fraction of dense "
+                        "latency (uniform scales every group); 0 is HALP without the rule")
     p.add_argument("--slice-minutes", type=float, default=0.0,
                    help="stop a training phase after this many minutes with a checkpoint (exit code 3); rerun resumes")
     p.add_argument("--quick", action="store_true", help="tiny data, epochs and profile: a pipeline check")
@@ -216,7 +219,7 @@ def phase_profile(a: argparse.Namespace) -> None:
 def _prune_config(a: argparse.Namespace, budget: float, target_ms: float | None = None) -> PruneConfig:
     """HALP's and uniform's config: the same schedule and the same floor on every group's width."""
     return PruneConfig(target=budget, target_ms=target_ms, steps=a.steps, interval=a.interval,
-                       min_fraction=a.min_fraction, protect=tuple(a.protect))
+                       min_fraction=a.min_fraction, protect=tuple(a.protect), min_saving=a.min_saving)
 
 
 class _MatchedUniform(UniformPruner):

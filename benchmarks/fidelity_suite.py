@@ -81,7 +81,7 @@ def run_cell(cell: str, variants: int, passes: int) -> None:
     tables.mkdir(parents=True, exist_ok=True)
     (tmp).mkdir(parents=True, exist_ok=True)
     if not (tmp / "tables").exists():
-        (tmp / "tables").symlink_to(tables, target_is_directory=True)
+        (tmp / "tables").symlink_to(os.path.relpath(tables, tmp), target_is_directory=True)  # a clone moves
     got = sorted(tmp.glob("latency_fidelity_*.json"))  # a cell that finished after its driver was killed
     if not got:
         lock = shlex.split(os.environ.get("LOCK", ""))

@@ -258,3 +258,56 @@ def test_min_fraction_floors_every_width_through_the_knapsack(table, target, fra
     for name, w in widths.items():
         if name in convs:
             assert convs[name] == w >= floors[name]
+
+
+@pytest.fixture(scope="module")
+def se_table():
+    from toy_models import SEResToy
+
+    torch.manual_seed(0)
+    return halp.profile(SEResToy(), X, backend=FakeBackend(), progress=False, grid_points=5, fine_span=16)
+
+
+def _se_model(seed: int = 0) -> torch.nn.Module:
+    from toy_models import SEResToy
+
+    torch.manual_seed(seed)
+    return SEResToy()
+
+
+def _savings(pruner: halp.Pruner, groups) -> dict[str, float]:
+    """Each group's predicted saving at its narrowest width, all others dense, as a fraction of dense."""
+    return {g.name: 1 - pruner.predict({g.name: pruner._floor_width(g)}) / pruner.dense_ms for g in groups}
+
+
+def test_groups_that_save_no_latency_are_not_pruned(se_table):
+    """min_saving leaves exactly the groups under it alone (the SE squeezes here), and the budget still holds."""
+    free = halp.Pruner(_se_model(), X, se_table, halp.PruneConfig(target=0.75, steps=2, interval=1, min_saving=0.0))
+    saving = _savings(free, free.groups)
+    squeezes = {n for n in saving if n.startswith(("se_a.", "se_b."))}
+    assert squeezes and max(saving[n] for n in squeezes) < 0.0025 < min(v for n, v in saving.items() if n not in squeezes)
+    assert free.negligible == {}
+    model = _se_model()
+    pruner = halp.Pruner(model, X, se_table, halp.PruneConfig(target=0.75, steps=2, interval=1))
+    assert set(pruner.negligible) == squeezes
+    assert {g.name for g in pruner.groups} == set(saving) - squeezes
+    for name, ms in pruner.negligible.items():
+        assert ms == pytest.approx(saving[name] * pruner.dense_ms, rel=1e-9)
+    run_loop(model, pruner, batches(2))
+    assert pruner.predict(pruner.widths()) <= pruner.final_ms * (1 + 1e-9)
+    slim = pruner.finalize()
+    assert slim.se_a.reduce.out_channels == 4 and slim.se_b.fc1.out_features == 6  # untouched
+    # a threshold between two groups' savings moves exactly the groups below it
+    mid = sorted(saving.values())[len(saving) // 2]
+    cut = halp.Pruner(_se_model(), X, se_table, halp.PruneConfig(target=0.9, steps=2, interval=1, min_saving=mid))
+    assert set(cut.negligible) == {n for n, v in saving.items() if v < mid}
+
+
+def test_baselines_scale_every_group_and_a_too_high_min_saving_is_explained(se_table):
+    uni = UniformPruner(_se_model(), X, se_table, halp.PruneConfig(target=0.75, steps=2, interval=1))
+    assert uni.negligible == {} and any(g.name.startswith("se_a.") for g in uni.groups)
+    with pytest.raises(ValueError, match="lower min_saving"):
+        halp.Pruner(_se_model(), X, se_table, halp.PruneConfig(target=0.75, min_saving=0.9))
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(ValueError, match="min_saving"):
+            halp.PruneConfig(min_saving=bad)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 class UniformPruner(Pruner):
     """Uniform width scaling to each step's latency target (keeps the most important channels)."""
 
+    applies_min_saving = False  # width scaling scales every group, squeezes included
+
     def uniform_widths(self, multiplier: float) -> dict[str, int]:
         return {
             g.name: min(int(self.keep[g.name].numel()), max(self.min_width[g.name], round(multiplier * g.channels)))
@@ -66,6 +68,8 @@ class FlopsTaylorPruner(Pruner):
         flops_target: final MACs as a fraction of the dense MACs; steps fall exponentially to it.
         Other arguments as :class:`~halp.pruner.Pruner`; ``config.target`` is ignored (set to 1.0).
     """
+
+    applies_min_saving = False  # the FLOPs-driven tools it stands for rank every channel
 
     def __init__(
         self,

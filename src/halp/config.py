@@ -33,6 +33,11 @@ class PruneConfig:
             branch). Off by default: a vanished layer is rarely what users want.
         protect: fnmatch patterns of group or layer names never pruned.
         protect_stem: protect groups produced by a layer reading the network input.
+        min_saving: a group whose narrowest allowed width, all others dense, is predicted to save less than
+            this fraction of the dense latency is not pruned (0 turns the rule off). Such a group buys no
+            latency a device can see, and the groups that fall under it are those first-order importance
+            misjudges: squeeze-and-excitation squeezes on a pooled 1x1 map, gated by a sigmoid. SSDlite
+            lost 1.4-2.6 points mAP@0.5 when HALP cut them (docs/results.md).
         min_channels: the fewest channels any group keeps.
         min_fraction: the smallest fraction of its dense width any group keeps.
         refine: after each knapsack solve, re-predict with every width updated and re-solve so the
@@ -52,6 +57,7 @@ class PruneConfig:
     allow_layer_removal: bool = False
     protect: tuple[str, ...] = ()
     protect_stem: bool = True
+    min_saving: float = 0.0025
     min_channels: int = 1
     min_fraction: float = 0.0
     refine: bool = True
@@ -91,6 +97,8 @@ class PruneConfig:
         object.__setattr__(self, "protect", tuple(self.protect))
         if not isinstance(self.min_channels, int) or self.min_channels < 0:
             raise ValueError(f"min_channels must be a non-negative integer, got {self.min_channels!r}")
+        if isinstance(self.min_saving, bool) or not (0.0 <= float(self.min_saving) < 1.0):
+            raise ValueError(f"min_saving must be a fraction of the dense latency in [0, 1), got {self.min_saving!r}")
         if not (0.0 <= float(self.min_fraction) < 1.0):
             raise ValueError(f"min_fraction must be in [0, 1), got {self.min_fraction}")
         if not (0.0 <= float(self.refine_tolerance) < 1.0):

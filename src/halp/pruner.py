@@ -78,10 +78,17 @@ class Pruner:
         )
         self.min_width = {g.name: self._min_width(g) for g in self.groups}
         self._predictor = WidthPredictor(self.graph, table)
+        self.dense_ms = self.predict({})
+        self.negligible = self._negligible_groups() if self.applies_min_saving else {}
+        if self.negligible:
+            self.groups = [g for g in self.groups if g.name not in self.negligible]
+            if not self.groups:
+                raise ValueError(f"every prunable group saves less than min_saving={self.config.min_saving} of the "
+                                 "dense latency: nothing worth pruning; lower min_saving (0 turns the rule off)")
+            self.min_width = {g.name: self.min_width[g.name] for g in self.groups}
         self.keep: dict[str, torch.Tensor] = {
             g.name: torch.arange(g.channels) for g in self.groups
         }  # kept channel indices in the dense numbering
-        self.dense_ms = self.predict({})
         self.final_ms = (
             float(self.config.target_ms) if self.config.target_ms is not None else self.config.target * self.dense_ms
         )
@@ -103,6 +110,24 @@ class Pruner:
         self.history: list[dict[str, Any]] = []
 
     # -- configuration helpers -------------------------------------------------------------------
+    #: HALP keeps groups whose pruning buys no latency (``PruneConfig.min_saving``); the baselines that
+    #: reproduce other methods (uniform width scaling, FLOPs ranking) turn this off.
+    applies_min_saving = True
+
+    def _negligible_groups(self) -> dict[str, float]:
+        """Groups whose narrowest width saves under ``min_saving`` of the dense latency: name → saving (ms)."""
+        limit = float(self.config.min_saving) * self.dense_ms
+        if limit <= 0:
+            return {}
+        saving = {g.name: self.dense_ms - self.predict({g.name: self._floor_width(g)}) for g in self.groups}
+        out = {n: s for n, s in saving.items() if s < limit}
+        if out:
+            log.info("not pruning %d group(s) that save under %.2g%% of the dense latency each (%.2f%% together; "
+                     "PruneConfig.min_saving): %s", len(out), 100 * self.config.min_saving,
+                     100 * sum(max(s, 0.0) for s in out.values()) / self.dense_ms, ", ".join(sorted(out)[:6])
+                     + (", ..." if len(out) > 6 else ""))
+        return out
+
     def _protected(self, group: ChannelGroup) -> bool:
         names = [group.name, *group.producers]
         if any(fnmatch.fnmatchcase(n, p) for n in names for p in self.config.protect):
@@ -271,6 +296,7 @@ class Pruner:
             "targets_ms": list(self.targets),
             "schedule": list(self.schedule),
             "group_steps": dict(self.steps_per_group),
+            "not_pruned_negligible_ms": dict(self.negligible),
             "dense_widths": {g.name: g.channels for g in self.groups},
             "widths": self.widths(),
             "predicted_ms": self.predict(self.widths()),

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grouping", help="'auto' or a fixed channel block size")
     p.add_argument("--min-fraction", type=float,
                    help="no group keeps fewer than this fraction of its channels (default 0; detection 0.1)")
+    p.add_argument("--min-saving", type=float,
+                   help="do not prune a group that saves less than this fraction of the dense latency even at its "
+                        "narrowest (default 0.0025; 0 prunes every group)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, help="training batch size per process")
@@ -65,7 +68,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         except ValueError:
             raise ValueError(f"--grouping must be 'auto' or a positive integer, got {grouping!r}") from None
     for key, value in (("target", args.target), ("target_ms", args.target_ms), ("steps", args.steps),
-                       ("interval", args.interval), ("grouping", grouping), ("min_fraction", args.min_fraction)):
+                       ("interval", args.interval), ("grouping", grouping), ("min_fraction", args.min_fraction),
+                       ("min_saving", args.min_saving)):
         if value is not None:
             prune[key] = value
     train = dict(data.get("train", {}))
