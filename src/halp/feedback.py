@@ -72,29 +72,33 @@ class DeviceFeedback:
     def _key(widths: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         return tuple(sorted((str(k), int(v)) for k, v in widths.items()))
 
+    def _ratio(self, key: tuple[tuple[str, int], ...]) -> float:
+        """The measured ratio of a width combination taken at least once: the mean of its readings."""
+        return statistics.fmean(self.readings[key])
+
     @property
     def measured(self) -> dict[tuple[tuple[str, int], ...], float]:
         """Measured ratio per width combination: the mean of its readings."""
-        return {key: statistics.fmean(r) for key, r in self.readings.items()}
+        return {key: self._ratio(key) for key in self.readings}
 
     def lookup(self, widths: Mapping[str, int]) -> float | None:
         """The measured ratio of these widths, if the loop measured them."""
-        readings = self.readings.get(self._key(widths))
-        return statistics.fmean(readings) if readings else None
+        key = self._key(widths)
+        return self._ratio(key) if self.readings.get(key) else None
 
     def ratio_of(self, widths: Mapping[str, int], build: Callable[[Mapping[str, int]], Any]) -> float:
         """Measured ratio of ``widths`` (built by ``build`` and measured once; remembered after)."""
         key = self._key(widths)
         if key not in self.readings:
             self.readings[key] = [float(self.measure(build(widths)))]
-        return statistics.fmean(self.readings[key])
+        return self._ratio(key)
 
     def _confirm(self, widths: Mapping[str, int], build: Callable[[Mapping[str, int]], Any]) -> float:
         """Takes ``widths`` once more (if taken once only); its ratio is then the mean of the two readings."""
-        readings = self.readings[self._key(widths)]
-        if len(readings) < 2:
-            readings.append(float(self.measure(build(widths))))
-        return statistics.fmean(readings)
+        key = self._key(widths)
+        if len(self.readings[key]) < 2:
+            self.readings[key].append(float(self.measure(build(widths))))
+        return self._ratio(key)
 
     def _factors(self, tried: list[tuple[float, Any, float]]) -> list[float]:
         """measured / predicted of every attempt in ``tried`` ((target_ms, result, predicted ratio))."""
