@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -311,3 +312,29 @@ def test_baselines_scale_every_group_and_a_too_high_min_saving_is_explained(se_t
     for bad in (-0.1, 1.0, True):
         with pytest.raises(ValueError, match="min_saving"):
             halp.PruneConfig(min_saving=bad)
+
+
+def test_a_checkpoint_from_before_min_saving_resumes_with_it_off_and_says_so_otherwise(se_table):
+    """Checkpoints written before the setting pruned every group: they resume with min_saving 0 to the masks
+    of an uninterrupted run, and resuming one under the default names the fix instead of missing groups."""
+    cfg = halp.PruneConfig(target=0.75, steps=3, interval=2, min_saving=0.0)
+    data = batches(8)
+    ref_model = _se_model()
+    ref = halp.Pruner(ref_model, X, se_table, cfg)
+    run_loop(ref_model, ref, data)
+    model = _se_model()
+    first = halp.Pruner(model, X, se_table, cfg)
+    opt = run_loop(model, first, data[:3])
+    state = copy.deepcopy(first.state_dict())
+    del state["config"]["min_saving"]  # the format before the setting existed
+    assert any(n.startswith(("se_a.", "se_b.")) for n in state["keep"])
+    with pytest.raises(ValueError, match=r"min_saving=0 .*--min-saving 0"):
+        halp.Pruner(_se_model(), X, se_table, dataclasses.replace(cfg, min_saving=0.0025)).load_state_dict(state)
+    model2 = _se_model(seed=5)
+    model2.load_state_dict(copy.deepcopy(model.state_dict()))
+    second = halp.Pruner(model2, X, se_table, cfg)
+    second.load_state_dict(state)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    run_loop(model2, second, data[3:], opt2)
+    assert {n: k.tolist() for n, k in second.keep.items()} == {n: k.tolist() for n, k in ref.keep.items()}

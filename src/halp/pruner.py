@@ -317,15 +317,32 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = PruneConfig.from_dict(state["config"])
+        saved_fields = dict(state["config"])
+        # A checkpoint written before ``min_saving`` existed pruned every group: read it as min_saving 0, so
+        # that resuming it under the new default is refused with the fix named, not with missing groups.
+        saved_fields.setdefault("min_saving", 0.0)
+        saved = PruneConfig.from_dict(saved_fields)
+        if saved.min_saving != self.config.min_saving and saved.to_dict() | {"min_saving": 0} == (
+                self.config.to_dict() | {"min_saving": 0}):
+            raise ValueError(
+                f"the checkpoint was made with min_saving={saved.min_saving:g} and this run uses "
+                f"min_saving={self.config.min_saving:g} (checkpoints older than the setting pruned every group, "
+                f"min_saving 0); resume with min_saving: {saved.min_saving:g} in the recipe (CLI "
+                f"--min-saving {saved.min_saving:g}) or start a new output directory")
         if saved != self.config:
             raise ValueError(
                 "the checkpoint was made with a different PruneConfig; resume with the same recipe or start a "
                 f"new output directory (saved {saved}, now {self.config})"
             )
         unknown = set(state["keep"]) - set(self.keep)
+        if unknown and unknown <= set(self.negligible):
+            raise ValueError(
+                f"the checkpoint prunes groups that this run leaves whole because they save under min_saving="
+                f"{self.config.min_saving:g} of the dense latency with this table ({sorted(unknown)[:5]}); resume "
+                "with the table the checkpoint was made with, or with a lower min_saving in a new output directory")
         if unknown:
-            raise ValueError(f"checkpoint names groups this model does not have: {sorted(unknown)[:5]}")
+            raise ValueError(f"checkpoint names groups this model does not have: {sorted(unknown)[:5]}; resume with "
+                             "the model and recipe the checkpoint was made with")
         self.iteration = int(state["iteration"])
         self.pruning_step = int(state["pruning_step"])
         for name, idx in state["keep"].items():
