@@ -10,6 +10,7 @@ so that only the timing phases need the machine to itself:
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase match    # uniform width vs HALP, measured
     flock -x /tmp/halp-cpu.lock python benchmarks/detection.py --phase measure  # latencies, side by side
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase uniform  # uniform prune + fine-tune
+    flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase control  # dense fine-tuned alike (optional)
     flock -s /tmp/halp-cpu.lock python benchmarks/detection.py --phase report   # mAP + latency: json, table, figure
 
 (``benchmarks/detection_run.sh`` runs them all in that order.) Every phase reuses what an earlier one
@@ -67,7 +68,8 @@ logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-evalu
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=["dense", "profile", "halp", "match", "uniform", "measure", "report"], required=True)
+    p.add_argument("--phase", choices=["dense", "profile", "halp", "match", "uniform", "control", "measure", "report"],
+                   required=True)
     p.add_argument("--model", default="ssdlite320_mobilenet_v3_large")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.8], help="fractions of dense latency")
@@ -202,6 +204,27 @@ def phase_dense(a: argparse.Namespace) -> bool:
         save_checkpoint(path, det, step=res["step"], extra={"test": res["test"], "history": res["history"]})
         path.with_suffix(".part.ckpt").unlink(missing_ok=True)
         log.info("dense seed %d: %s", seed, res["test"])
+    return True
+
+
+def phase_control(a: argparse.Namespace) -> bool:
+    """The dense detector fine-tuned with the pruned runs' recipe and no pruning: what the extra training alone
+    buys, so that a pruned network above dense is not read as pruning's gain. No timing (dense widths)."""
+    tr, te, info = _loaders(a)
+    for seed in a.seeds:
+        folder = a.work / f"dense_finetuned-seed{seed}"
+        if (folder / "result.json").is_file():
+            continue
+        det = _dense(a, seed, info)
+        ckpt = folder.with_name(folder.name + ".part.ckpt")
+        if _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt) is None:
+            return False
+        result = evaluate(det.eval(), te)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(json.dumps(
+            {"model": a.model, "method": "dense_finetuned", "budget": None, "seed": seed, "map50": result["map50"],
+             "map": result["map"], "finetune_epochs": a.finetune_epochs}, indent=1))
+        ckpt.unlink(missing_ok=True)
     return True
 
 
@@ -454,6 +477,9 @@ def phase_report(a: argparse.Namespace) -> None:
         dense_map = evaluate(_dense(a, seed, info), te)
         records.append({"model": a.model, "method": "dense", "budget": None, "seed": seed, "map50": dense_map["map50"],
                         "map": dense_map["map"], "latency_ms": lat[("dense", None, seed)]["latency_ms"]})
+        control = a.work / f"dense_finetuned-seed{seed}" / "result.json"
+        if control.is_file():  # --phase control: dense widths, so dense's latency
+            records.append({**json.loads(control.read_text()), "latency_ms": records[-1]["latency_ms"]})
         for method in ("halp", "uniform"):
             for budget in a.budgets:
                 folder = a.work / f"{method}-{budget}-seed{seed}"
@@ -518,7 +544,7 @@ def _figure(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for method, style in (("dense", "k*"), ("halp", "o-"), ("uniform", "s--")):
+    for method, style in (("dense", "k*"), ("dense_finetuned", "kx"), ("halp", "o-"), ("uniform", "s--")):
         for seed in sorted({r["seed"] for r in records}):
             rs = sorted((r for r in records if r["method"] == method and r["seed"] == seed), key=lambda r: r["latency_ms"])
             if rs:
@@ -540,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
     done = {"dense": phase_dense, "profile": phase_profile, "halp": phase_halp, "match": phase_match,
-            "uniform": phase_uniform, "measure": phase_measure, "report": phase_report}[a.phase](a)
+            "uniform": phase_uniform, "control": phase_control, "measure": phase_measure, "report": phase_report}[a.phase](a)
     if done is False:
         sys.exit(INCOMPLETE)
 
