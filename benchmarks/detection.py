@@ -125,6 +125,11 @@ def _cfg(a: argparse.Namespace, epochs: int, seed: int, lr: float) -> TrainConfi
                        batch_size=a.batch_size, seed=seed, log_every=0, eval_every=0)
 
 
+def _finetune_cfg(a: argparse.Namespace, seed: int) -> TrainConfig:
+    """Fine-tuning of every pruned run and of the dense control: the same recipe by construction."""
+    return _cfg(a, a.finetune_epochs, seed, a.lr / 5)
+
+
 def _dense(a: argparse.Namespace, seed: int, info: Any) -> torch.nn.Module:
     torch.manual_seed(seed)
     det = create_detector(a.model, info.num_classes, bn_momentum=0.1)
@@ -217,7 +222,7 @@ def phase_control(a: argparse.Namespace) -> bool:
             continue
         det = _dense(a, seed, info)
         ckpt = folder.with_name(folder.name + ".part.ckpt")
-        if _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt) is None:
+        if _train_sliced(a, det, tr, _finetune_cfg(a, seed), ckpt) is None:
             return False
         result = evaluate(det.eval(), te)
         folder.mkdir(parents=True, exist_ok=True)
@@ -282,7 +287,7 @@ def _prune_one(a: argparse.Namespace, seed: int, method: str, budget: float, tar
                 steps=steps)
     folder = a.work / f"{method}-{budget}-seed{seed}"
     ckpt = folder.with_name(folder.name + ".part.ckpt")
-    res = _train_sliced(a, det, tr, _cfg(a, a.finetune_epochs, seed, a.lr / 5), ckpt, pruner=pruner)
+    res = _train_sliced(a, det, tr, _finetune_cfg(a, seed), ckpt, pruner=pruner)
     if res is None:
         return None
     if not pruner.done:

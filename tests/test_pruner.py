@@ -92,26 +92,34 @@ def test_masks_stay_zero_through_momentum_and_weight_decay(table):
     assert pruned_any
 
 
-def test_resume_from_state_dict_gives_identical_masks(table):
-    cfg = halp.PruneConfig(target=0.5, steps=3, interval=2, protect_stem=False)
+def _resumed_and_uninterrupted(make, table, cfg, edit=lambda state: None):
+    """The same run twice: once straight through, once stopped mid-schedule and mid-accumulation, its state
+    passed through ``edit`` and resumed in a fresh model and pruner. Returns (resumed, uninterrupted) pruners."""
     data = batches(8)
-    ref_model = make_model()
+    ref_model = make()
     ref = halp.Pruner(ref_model, X, table, cfg)
     run_loop(ref_model, ref, data)
 
-    model = make_model()
+    model = make()
     first = halp.Pruner(model, X, table, cfg)
-    opt = run_loop(model, first, data[:3])  # stop mid-schedule, mid-accumulation
+    opt = run_loop(model, first, data[:3])
     state = copy.deepcopy(first.state_dict())
+    edit(state)
     model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 
-    model2 = make_model(seed=123)
+    model2 = make(seed=123)
     model2.load_state_dict(model_state)
     second = halp.Pruner(model2, X, table, cfg)
     second.load_state_dict(state)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     opt2.load_state_dict(opt_state)
     run_loop(model2, second, data[3:], opt2)
+    return second, ref
+
+
+def test_resume_from_state_dict_gives_identical_masks(table):
+    cfg = halp.PruneConfig(target=0.5, steps=3, interval=2, protect_stem=False)
+    second, ref = _resumed_and_uninterrupted(make_model, table, cfg)
     assert second.keep.keys() == ref.keep.keys()
     for name in ref.keep:
         assert torch.equal(second.keep[name], ref.keep[name]), name
@@ -318,23 +326,12 @@ def test_a_checkpoint_from_before_min_saving_resumes_with_it_off_and_says_so_oth
     """Checkpoints written before the setting pruned every group: they resume with min_saving 0 to the masks
     of an uninterrupted run, and resuming one under the default names the fix instead of missing groups."""
     cfg = halp.PruneConfig(target=0.75, steps=3, interval=2, min_saving=0.0)
-    data = batches(8)
-    ref_model = _se_model()
-    ref = halp.Pruner(ref_model, X, se_table, cfg)
-    run_loop(ref_model, ref, data)
-    model = _se_model()
-    first = halp.Pruner(model, X, se_table, cfg)
-    opt = run_loop(model, first, data[:3])
-    state = copy.deepcopy(first.state_dict())
-    del state["config"]["min_saving"]  # the format before the setting existed
-    assert any(n.startswith(("se_a.", "se_b.")) for n in state["keep"])
-    with pytest.raises(ValueError, match=r"min_saving=0 .*--min-saving 0"):
-        halp.Pruner(_se_model(), X, se_table, dataclasses.replace(cfg, min_saving=0.0025)).load_state_dict(state)
-    model2 = _se_model(seed=5)
-    model2.load_state_dict(copy.deepcopy(model.state_dict()))
-    second = halp.Pruner(model2, X, se_table, cfg)
-    second.load_state_dict(state)
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    run_loop(model2, second, data[3:], opt2)
+
+    def to_old_format(state):
+        del state["config"]["min_saving"]  # the format before the setting existed
+        assert any(n.startswith(("se_a.", "se_b.")) for n in state["keep"])
+        with pytest.raises(ValueError, match=r"min_saving=0 .*--min-saving 0"):
+            halp.Pruner(_se_model(), X, se_table, dataclasses.replace(cfg, min_saving=0.0025)).load_state_dict(state)
+
+    second, ref = _resumed_and_uninterrupted(_se_model, se_table, cfg, edit=to_old_format)
     assert {n: k.tolist() for n, k in second.keep.items()} == {n: k.tolist() for n, k in ref.keep.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -322,8 +323,8 @@ class Pruner:
         # that resuming it under the new default is refused with the fix named, not with missing groups.
         saved_fields.setdefault("min_saving", 0.0)
         saved = PruneConfig.from_dict(saved_fields)
-        if saved.min_saving != self.config.min_saving and saved.to_dict() | {"min_saving": 0} == (
-                self.config.to_dict() | {"min_saving": 0}):
+        if saved.min_saving != self.config.min_saving and replace(saved, min_saving=self.config.min_saving) == (
+                self.config):
             raise ValueError(
                 f"the checkpoint was made with min_saving={saved.min_saving:g} and this run uses "
                 f"min_saving={self.config.min_saving:g} (checkpoints older than the setting pruned every group, "
