@@ -368,6 +368,9 @@ def phase_match(a: argparse.Namespace) -> None:
             if key in matches:
                 continue
             folder = a.work / f"halp-{budget}-seed{seed}"
+            if not (folder / "result.json").is_file():
+                log.warning("match %s: no HALP run to match (run --phase halp first): skipped", key)
+                continue
             halp_slim = load_pruned(folder, model=copy.deepcopy(dense_core)).eval()
             halp_predicted = json.loads((folder / "result.json").read_text())["predicted_ms"]
             up = UniformPruner(dense_core, _example(a), table, _prune_config(a, budget))
@@ -397,7 +400,10 @@ def phase_uniform(a: argparse.Namespace) -> bool:
             if not (a.work / f"uniform-{budget}-seed{seed}" / "result.json").is_file():
                 # the schedule's targets fall to the matched network's predicted latency; its last step
                 # keeps exactly the matched multiplier's widths
-                match = matches[f"{budget}-seed{seed}"]
+                match = matches.get(f"{budget}-seed{seed}")
+                if match is None:
+                    log.warning("uniform %s seed %d: not matched yet (run --phase match first): skipped", budget, seed)
+                    continue
                 target = match["predicted_ms"] * (1 + 1e-9)
                 if _prune_one(a, seed, "uniform", budget, target, loaders, table,
                               multiplier=match["multiplier"]) is None:
