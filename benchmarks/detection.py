@@ -54,6 +54,7 @@ from halp.config import PruneConfig
 from halp.detection import (DetectorCore, create_detector, evaluate, make_detection_optimizer, postprocess_ms,
                             train_detector, with_core)
 from halp.detection.models import INPUT_SIZE
+from halp.detection.run import MIN_FRACTION
 from halp.feedback import DeviceFeedback
 from halp.latency import LatencyTable, measure_many
 from halp.run import ratio_meter
@@ -96,7 +97,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds per network of each closed-loop and matching measurement (Recipe.measure_seconds)")
     p.add_argument("--measure-passes", type=int, default=3,
                    help="final timing: interleaved passes per seed; each network's median ratio to dense is reported")
-    p.add_argument("--min-fraction", type=float, default=0.1,
+    p.add_argument("--min-fraction", type=float, default=MIN_FRACTION,
                    help="PruneConfig.min_fraction: no group below this fraction of its dense width (HALP and uniform)")
     p.add_argument("--protect", nargs="*", default=[],
                    help="PruneConfig.protect: fnmatch patterns of groups never pruned (HALP and uniform), e.g. "
