@@ -128,8 +128,14 @@ def test_resume_from_state_dict_gives_identical_masks(table):
 def test_state_from_another_config_is_refused(table):
     p = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.5, steps=3, interval=2))
     other = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.6, steps=3, interval=2))
-    with pytest.raises(ValueError, match="different PruneConfig"):
+    with pytest.raises(ValueError, match=r"different PruneConfig: target=0.5 \(this run: 0.6\).*"
+                                         r"`prune: \{target: 0.5\}`.*--target 0.5"):
         other.load_state_dict(p.state_dict())
+    # a default that changed between releases (detection's floor, 0.1 -> 0.25): every changed field and its fix
+    floor = halp.Pruner(make_model(), X, table, halp.PruneConfig(target=0.5, steps=4, interval=2, min_fraction=0.02))
+    with pytest.raises(ValueError, match=r"steps=4 \(this run: 3\), min_fraction=0.02 \(this run: 0\).*"
+                                         r"`prune: \{steps: 4, min_fraction: 0.02\}`.*--steps 4 --min-fraction 0.02"):
+        p.load_state_dict(floor.state_dict())
 
 
 def test_unreachable_budget_raises_before_training(table):

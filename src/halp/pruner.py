@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from dataclasses import replace
+from dataclasses import fields
 from typing import Any, Sequence
 
 import torch
@@ -323,18 +323,8 @@ class Pruner:
         # that resuming it under the new default is refused with the fix named, not with missing groups.
         saved_fields.setdefault("min_saving", 0.0)
         saved = PruneConfig.from_dict(saved_fields)
-        if saved.min_saving != self.config.min_saving and replace(saved, min_saving=self.config.min_saving) == (
-                self.config):
-            raise ValueError(
-                f"the checkpoint was made with min_saving={saved.min_saving:g} and this run uses "
-                f"min_saving={self.config.min_saving:g} (checkpoints older than the setting pruned every group, "
-                f"min_saving 0); resume with min_saving: {saved.min_saving:g} in the recipe (CLI "
-                f"--min-saving {saved.min_saving:g}) or start a new output directory")
         if saved != self.config:
-            raise ValueError(
-                "the checkpoint was made with a different PruneConfig; resume with the same recipe or start a "
-                f"new output directory (saved {saved}, now {self.config})"
-            )
+            raise ValueError(_config_mismatch(saved, self.config, old_format="min_saving" not in state["config"]))
         unknown = set(state["keep"]) - set(self.keep)
         if unknown and unknown <= set(self.negligible):
             raise ValueError(
@@ -353,6 +343,39 @@ class Pruner:
         if self.feedback is not None and state.get("feedback_correction") is not None:
             self.feedback.correction = float(state["feedback_correction"])
         self.apply_masks()
+
+
+def _config_mismatch(saved: PruneConfig, now: PruneConfig, *, old_format: bool) -> str:
+    """The refusal to resume a checkpoint under another config, naming each changed field and its fix.
+
+    A default that changed between releases (detection's width floor went from 0.1 to 0.25) shows up here
+    as a field the user never set: the message gives the recipe line that resumes the run as it started.
+    """
+    changed = [f.name for f in fields(PruneConfig) if getattr(saved, f.name) != getattr(now, f.name)]
+    said = ", ".join(f"{n}={_yaml(getattr(saved, n))} (this run: {_yaml(getattr(now, n))})" for n in changed)
+    fix = ", ".join(f"{n}: {_yaml(getattr(saved, n))}" for n in changed)
+    flags = " ".join(f"--{n.replace('_', '-')} {_yaml(getattr(saved, n))}" for n in changed
+                     if n in _CLI_FLAGS and not isinstance(getattr(saved, n), (tuple, dict)))
+    why = (" (checkpoints older than the min_saving setting pruned every group, min_saving 0)"
+           if old_format and "min_saving" in changed else "")
+    return (f"the checkpoint was made with a different PruneConfig: {said}{why}; resume with "
+            f"`prune: {{{fix}}}` in the recipe" + (f" (CLI {flags})" if flags else "")
+            + " or start a new output directory")
+
+
+# PruneConfig fields that ``halp prune`` takes as flags of the same name
+_CLI_FLAGS = frozenset({"target", "target_ms", "steps", "interval", "min_fraction", "min_saving"})
+
+
+def _yaml(value: Any) -> str:
+    """A config value as a recipe (YAML) would spell it."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_yaml, value)) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else repr(value)
 
 
 __all__ = ["Pruner", "PruneConfig", "StepResult"]
