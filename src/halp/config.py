@@ -129,3 +129,8 @@ class PruneConfig:
     @classmethod
     def from_json(cls, text: str) -> "PruneConfig":
         return cls.from_dict(json.loads(text))
+
+
+#: The PruneConfig fields ``halp prune`` also takes as flags (``--target-ms`` for ``target_ms``): the CLI reads
+#: them from its arguments, and a refused resume names the flags that restore a checkpoint's config.
+CLI_FIELDS: tuple[str, ...] = ("target", "target_ms", "steps", "interval", "grouping", "min_fraction", "min_saving")

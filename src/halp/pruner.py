@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from halp.allocation import GroupOffer, StepResult, solve_step
-from halp.config import PruneConfig
+from halp.config import CLI_FIELDS, PruneConfig
 from halp.feedback import DeviceFeedback
 from halp.graph.capture import normalize_inputs
 from halp.verify import build_graph
@@ -355,16 +355,12 @@ def _config_mismatch(saved: PruneConfig, now: PruneConfig, *, old_format: bool) 
     said = ", ".join(f"{n}={_yaml(getattr(saved, n))} (this run: {_yaml(getattr(now, n))})" for n in changed)
     fix = ", ".join(f"{n}: {_yaml(getattr(saved, n))}" for n in changed)
     flags = " ".join(f"--{n.replace('_', '-')} {_yaml(getattr(saved, n))}" for n in changed
-                     if n in _CLI_FLAGS and not isinstance(getattr(saved, n), (tuple, dict)))
+                     if n in CLI_FIELDS)
     why = (" (checkpoints older than the min_saving setting pruned every group, min_saving 0)"
            if old_format and "min_saving" in changed else "")
     return (f"the checkpoint was made with a different PruneConfig: {said}{why}; resume with "
             f"`prune: {{{fix}}}` in the recipe" + (f" (CLI {flags})" if flags else "")
             + " or start a new output directory")
-
-
-# PruneConfig fields that ``halp prune`` takes as flags of the same name
-_CLI_FLAGS = frozenset({"target", "target_ms", "steps", "interval", "min_fraction", "min_saving"})
 
 
 def _yaml(value: Any) -> str:

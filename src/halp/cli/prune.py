@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--interval", type=int, help="minibatches r between pruning steps")
     p.add_argument("--grouping", help="'auto' or a fixed channel block size")
     p.add_argument("--min-fraction", type=float,
-                   help="no group keeps fewer than this fraction of its channels (default 0; detection 0.1)")
+                   help="no group keeps fewer than this fraction of its channels (default 0; detection 0.25, "
+                        "halp.detection.run.MIN_FRACTION)")
     p.add_argument("--min-saving", type=float,
                    help="do not prune a group that saves less than this fraction of the dense latency even at its "
                         "narrowest (default 0.0025; 0 prunes every group)")
@@ -51,6 +52,7 @@ def register(subparsers: Any) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
+    from halp.config import CLI_FIELDS
     from halp.recipe import Recipe
 
     data: dict[str, Any] = {}
@@ -67,9 +69,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
             grouping = int(grouping)
         except ValueError:
             raise ValueError(f"--grouping must be 'auto' or a positive integer, got {grouping!r}") from None
-    for key, value in (("target", args.target), ("target_ms", args.target_ms), ("steps", args.steps),
-                       ("interval", args.interval), ("grouping", grouping), ("min_fraction", args.min_fraction),
-                       ("min_saving", args.min_saving)):
+    for key in CLI_FIELDS:
+        value = grouping if key == "grouping" else getattr(args, key)
         if value is not None:
             prune[key] = value
     train = dict(data.get("train", {}))
