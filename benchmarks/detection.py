@@ -88,6 +88,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="clock of the match and measure timings; thread (CPU time, 1 thread) resists other jobs")
     p.add_argument("--match-tol", type=float, default=0.02, help="uniform vs HALP measured latency, relative")
     p.add_argument("--profile-grid", type=int, default=6, help="grid_points of the latency table")
+    p.add_argument("--profile-passes", type=int, default=3,
+                   help="ProfileSettings.passes: the table's layer grids measured in this many passes over the "
+                        "network, each point the median of its passes (a slow spell of the machine then skews one "
+                        "pass, not the table)")
     p.add_argument("--profile-statistic", default=None,
                    help="the latency table's statistic (default: the library's; p10 on a machine shared with other jobs)")
     p.add_argument("--feedback-steps", type=int, default=None,
@@ -239,7 +243,7 @@ def phase_profile(a: argparse.Namespace) -> None:
     core = DetectorCore(_dense(a, a.seeds[0], info)).eval()
     settings = (dict(repeats=3, grid_points=3, fine_span=0, calibration_samples=2, e2e_repeats=3) if a.quick else
                 dict(grid_points=a.profile_grid, fine_span=0, repeats=7, min_time_ms=15.0, calibration_samples=8,
-                     e2e_repeats=15))
+                     e2e_repeats=15, passes=a.profile_passes))
     if a.profile_statistic is not None and not a.quick:
         settings["statistic"] = a.profile_statistic
     halp.profile(core, _example(a), threads=a.threads, path=a.work / "table.json", name=a.model, **settings)

@@ -141,6 +141,8 @@ def test_bad_settings_are_value_errors(tiny):
         profile(model, x, progress=False, repetitions=3)
     with pytest.raises(ValueError, match="grid_points"):
         profile(model, x, progress=False, grid_points=1)
+    with pytest.raises(ValueError, match="passes must be a positive integer"):
+        profile(model, x, progress=False, passes=0)
     with pytest.raises(ValueError, match="unknown latency backend"):
         profile(model, x, backend="tpu", progress=False)
     with pytest.raises(ValueError, match="threads"):
@@ -170,6 +172,42 @@ def test_disturbed_points_are_retaken(tiny, fake_backend):
     for call in be.layer_calls:
         counts[call] = counts.get(call, 0) + 1
     assert max(counts.values()) <= 1 + SETTINGS.get("retries", 2)
+
+
+def test_passes_outvote_a_slow_spell_that_retakes_cannot_see(tiny, fake_backend):
+    """A slow spell covering a third of the layer timings: one pass bakes it into those entries; three
+    passes, the spell inside the first, give every point the clean median (each point measured once per
+    pass), and a partial profile resumes pass by pass."""
+    model, x = tiny
+    clean_be = fake_backend()
+    clean = profile(model, x, backend=clean_be, progress=False, **SETTINGS)
+    n = len(clean_be.layer_calls)
+    spell = (n // 3, 2 * n // 3)
+    one = profile(model, x, backend=fake_backend(slow_spell=spell), progress=False, **SETTINGS)
+    hit = [not np.allclose(a.median_ms, b.median_ms, rtol=1e-9) for a, b in zip(clean.entries, one.entries)]
+    assert 0 < sum(hit) < len(hit)
+    be = fake_backend(slow_spell=spell)
+    three = profile(model, x, backend=be, progress=False, passes=3, **SETTINGS)
+    assert len(be.layer_calls) == 3 * n and be.op_calls == 3 * clean_be.op_calls
+    for a, b in zip(clean.entries, three.entries):
+        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
+        np.testing.assert_allclose(a.fine_median_ms, b.fine_median_ms, rtol=1e-12)
+    assert three.meta["settings"]["passes"] == 3
+
+
+def test_a_profile_with_passes_resumes_mid_pass(tiny, fake_backend, tmp_path):
+    model, x = tiny
+    path = tmp_path / "t.json"
+    full_be = fake_backend()
+    ref = profile(model, x, backend=full_be, progress=False, passes=2, **SETTINGS)
+    n = len(full_be.layer_calls)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, x, backend=fake_backend(fail_after=n * 3 // 4), path=path, progress=False, passes=2, **SETTINGS)
+    be = fake_backend()
+    table = profile(model, x, backend=be, path=path, progress=False, passes=2, **SETTINGS)
+    assert len(be.layer_calls) == n - n * 3 // 4
+    for a, b in zip(ref.entries, table.entries):
+        np.testing.assert_allclose(a.median_ms, b.median_ms, rtol=1e-12)
 
 
 def test_calibration_uses_the_end_to_end_timing_settings(tiny, fake_backend):

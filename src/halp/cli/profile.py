@@ -98,6 +98,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--grid-points", type=int, default=12, help="widths per prunable axis of the coarse grid")
     p.add_argument("--fine-span", type=int, default=64, help="fine cout sweep over the last N channels")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure the layer grids in this many passes over the network, each point the median of "
+                        "its passes: on a shared machine a slow spell then skews one pass, not the table "
+                        "(N times the profiling time; 3 on a shared VM)")
     p.add_argument("--calibration-samples", type=int, default=None,
                    help="random slim variants timed end to end (default 16; with --recalibrate: as profiled). "
                         "Models with depthwise convolutions on a multi-threaded CPU calibrate better with ~40")
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         model, x, backend=args.backend, dtype=args.dtype, threads=args.threads, path=args.output,
         progress=not getattr(args, "quiet", False), name=args.model, overwrite=args.overwrite,
         warmup=args.warmup, repeats=args.repeats, grid_points=args.grid_points, fine_span=args.fine_span,
-        **more,
+        passes=args.passes, **more,
     )
     c = table.calibration
     print(f"wrote {args.output}: {len(table.entries)} layer entries, {len(table.ops)} op kinds, "

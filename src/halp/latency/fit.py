@@ -8,9 +8,12 @@ per-op overhead or a negative weight on the layer sum would make predictions fal
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -44,6 +47,11 @@ def fit_line(volume: Sequence[float], ms: Sequence[float]) -> tuple[float, float
 
 #: smallest weight a calibration form may give the table's layer time (see :func:`fit_calibration`)
 MIN_LAYER_WEIGHT = 0.25
+#: largest jackknife relative standard error a weight of a form beyond ``affine`` may have (see
+#: :func:`fit_calibration`): above it the samples do not pin that weight down
+MAX_WEIGHT_SPREAD = 0.25
+#: the weights each form adds to ``affine``'s one factor, as indices into ``(a, b, c, d, e)``
+_EXTRA_WEIGHTS = {"interp": (0, 3), "split": (0, 1), "kind": (0, 4, 1)}
 #: calibration forms, simplest first (see :func:`fit_calibration`)
 CALIBRATION_FORMS = ("scale", "affine", "interp", "split", "kind")
 _UNKNOWNS = {"scale": 1, "affine": 2, "interp": 3, "split": 3, "kind": 4}
@@ -99,14 +107,23 @@ def calibrated(coef: Coefficients, layers_ms: Any, ops_ms: Any, interp_ms: Any =
     return a * (layers_ms - interp_ms) + d * interp_ms + (e - a) * depthwise_ms + b * ops_ms + c
 
 
-def _loo(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: np.ndarray, y: np.ndarray) -> float:
-    """Leave-one-out RMS relative error of a calibration form."""
-    errs = []
+def _loo(form: str, lay: np.ndarray, ops: np.ndarray, interp: np.ndarray, dw: np.ndarray,
+         y: np.ndarray) -> tuple[float, float]:
+    """Leave-one-out RMS relative error of a calibration form, and the largest jackknife relative standard
+    error of the weights it adds to ``affine`` (0 for ``scale`` and ``affine``), from the same fits."""
+    errs, coefs = [], []
     for i in range(y.size):
         m = np.arange(y.size) != i
         coef = _solve(form, lay[m], ops[m], interp[m], dw[m], y[m])
+        coefs.append(coef)
         errs.append(calibrated(coef, lay[i], ops[i], interp[i], dw[i]) / y[i] - 1.0)
-    return float(np.sqrt(np.mean(np.square(errs))))
+    spread = 0.0
+    if form in _EXTRA_WEIGHTS:
+        c = np.asarray(coefs)
+        full = _solve(form, lay, ops, interp, dw, y)
+        se = np.sqrt((y.size - 1) / y.size * np.sum((c - c.mean(axis=0)) ** 2, axis=0))
+        spread = max(float(se[i]) / max(abs(full[i]), 1e-12) for i in _EXTRA_WEIGHTS[form])
+    return float(np.sqrt(np.mean(np.square(errs)))), spread
 
 
 def fit_calibration(
@@ -133,7 +150,13 @@ def fit_calibration(
 
     A form whose fit weights any part of the layer time below :data:`MIN_LAYER_WEIGHT` is not offered:
     the layer and op sums move together, and such a fit (``0.000·layers + 7.77·ops`` on SSDlite320,
-    ``0.19·layers + 7.15·ops`` on MobileNet-V3-Large) has traded one for the other.
+    ``0.19·layers + 7.15·ops`` on MobileNet-V3-Large) has traded one for the other. Nor is a form whose
+    added weights the samples do not pin down: a jackknife relative standard error above
+    :data:`MAX_WEIGHT_SPREAD` over the leave-one-out fits. The knapsack spends the budget by each group's
+    *marginal* cost, which such a weight sets: four profiles of one SSDlite320, whose totals every form
+    predicted within 2–3%, fitted ``split`` weights of 0.31–0.91·layers and 2.5–4.9·ops (jackknife error
+    120–160%), chose it or not by a few tenths of a percent of leave-one-out error, and HALP's widths at
+    0.6 then differed by 19–21% of each group's width between profiles; with one form, by 4%.
 
     Returns:
         ``(a, b, c, d, e, form, loo)``: the coefficients, the chosen form (``"identity"`` without samples)
@@ -160,7 +183,15 @@ def fit_calibration(
     # not offered (seen: 0.000·layers + 7.77·ops on SSDlite, 0.19·layers + 7.15·ops on MobileNet-V3)
     fits = {f: _solve(f, lay, ops, interp, dw, y) for f in usable}
     usable = [f for f in usable if f in ("scale", "affine") or min(fits[f][i] for i in (0, 3, 4)) >= MIN_LAYER_WEIGHT]
-    loo = {f: _loo(f, lay, ops, interp, dw, y) for f in usable} if y.size >= 3 else {}
+    assessed = {f: _loo(f, lay, ops, interp, dw, y) for f in usable} if y.size >= 3 else {}
+    loo = {f: err for f, (err, _) in assessed.items()}
+    # a weight the samples do not pin down is set by their noise, and the knapsack follows it
+    loose = {f: spread for f, (_, spread) in assessed.items() if spread > MAX_WEIGHT_SPREAD}
+    if loose:
+        logger.info("calibration forms not used, their weights not pinned down by the %d samples (jackknife error "
+                    "above %.0f%%): %s", y.size, 100 * MAX_WEIGHT_SPREAD,
+                    ", ".join(f"{f} {100 * v:.0f}%" for f, v in loose.items()))
+    usable = [f for f in usable if f not in loose]
     form = usable[0]
     for f in usable[1:]:
         if loo[f] < 0.95 * loo[form] and loo[form] - loo[f] > 1e-6:  # a material gain, not rounding

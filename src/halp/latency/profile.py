@@ -53,6 +53,10 @@ class ProfileSettings:
             calibration's end-to-end runs use the same statistic. Noise is always the IQR.
         retries: extra measurements of a point that lies ``outlier_threshold`` times above a smooth fit
             of its neighbours (disturbed by another process); the faster median is kept.
+        passes: the layer grids and op points are measured in this many passes over the whole network,
+            and each point keeps the median of its passes. A slow spell of the machine (seconds long, on a
+            shared VM) inflates a run of consecutive entries in one pass only, where a single pass would
+            bake it into those layers' costs and the knapsack would spend its budget around it.
         seed: random widths of the calibration variants.
     """
 
@@ -71,13 +75,14 @@ class ProfileSettings:
     e2e_repeats: int = 40
     retries: int = 2
     outlier_threshold: float = 1.5
+    passes: int = 1
     clock: str = "wall"
     statistic: str = "median"
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.timing()  # validates the timing fields
-        for name in ("grid_points", "op_points", "calibration_rounds", "e2e_repeats"):
+        for name in ("grid_points", "op_points", "calibration_rounds", "e2e_repeats", "passes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -130,12 +135,25 @@ class _Profiler:
                  tick: Callable[[int], None]) -> None:
         self.be, self.store, self.s, self.tick = backend, store, settings, tick
         self.retaken = 0
+        self.pass_ = 0  # the pass being measured (ProfileSettings.passes)
+
+    def _key(self, base: str) -> str:
+        return base if self.pass_ == 0 else f"{base}|pass{self.pass_}"
+
+    def _over_passes(self, base: str) -> tuple[float, float]:
+        """The median over the passes measured so far of a point's (statistic, noise)."""
+        got = [self.store.get(k)[:2] for k in (base, *(f"{base}|pass{r}" for r in range(1, self.pass_ + 1)))
+               if k in self.store]
+        med, noise = np.median(np.asarray(got, dtype=float), axis=0)
+        return float(med), float(noise)
 
     def point(self, plan: EntryPlan, cin: int, cout: int, retake: bool = False) -> tuple[float, float]:
-        """``(median, noise)`` of one layer point. A point is measured at most ``1 + retries`` times
-        over all runs (the count is stored with it); a retake keeps the faster median."""
+        """``(median, noise)`` of one layer point over the passes so far. A point is measured at most
+        ``1 + retries`` times per pass over all runs (the count is stored with it); a retake keeps the
+        faster reading."""
         # keyed by what is timed, not by entry: entries of one shape share their common points
-        key = f"L|{plan.shape.key()}|r{plan.in_repeat}|{cin}|{cout}"
+        base = f"L|{plan.shape.key()}|r{plan.in_repeat}|{cin}|{cout}"
+        key = self._key(base)
         if key not in self.store:
             st = self.be.time_layer(plan.shape, int(cin), int(cout), plan.in_repeat)
             self.store.put(key, [st.summary(self.s.statistic), st.iqr_ms, 1])
@@ -149,8 +167,7 @@ class _Profiler:
                 if st.summary(self.s.statistic) < med:
                     med, noise = st.summary(self.s.statistic), st.iqr_ms
                 self.store.put(key, [med, noise, tries + 1])
-        med, noise = self.store.get(key)[:2]
-        return float(med), float(noise)
+        return self._over_passes(base)
 
     def entry(self, plan: EntryPlan) -> LayerEntry:
         s = self.s
@@ -188,12 +205,13 @@ class _Profiler:
     def op_kind(self, kind: str, configs: list[tuple[int, int, int, int]]) -> OpModel:
         samples = []
         for b, c, h, w in configs:
-            key = f"O|{kind}|{b}x{c}x{h}x{w}"
+            base = f"O|{kind}|{b}x{c}x{h}x{w}"
+            key = self._key(base)
             if key not in self.store:
                 st = self.be.time_op(kind, b, c, (h, w))
                 self.store.put(key, [st.summary(self.s.statistic), st.iqr_ms])
                 self.tick(1)
-            med, noise = self.store.get(key)
+            med, noise = self._over_passes(base)
             samples.append([b, c, h, w, float(med), float(noise)])
         overhead, slope = fit_line([b * c * h * w / 1e6 for b, c, h, w, _, _ in samples],
                                    [m for *_, m, _ in samples])
@@ -307,8 +325,8 @@ def profile(
     plans = plan_entries(graph, dtype)
     op_plans = plan_ops(graph, cfg.op_points)
     n_cal = cfg.calibration_samples + 1
-    total = sum(len(fine_range(p, cfg.fine_span)) + (1 if p.depthwise else cfg.grid_points) * cfg.grid_points
-                for p in plans) + sum(len(v) for v in op_plans.values()) + n_cal
+    total = cfg.passes * (sum(len(fine_range(p, cfg.fine_span)) + (1 if p.depthwise else cfg.grid_points)
+                              * cfg.grid_points for p in plans) + sum(len(v) for v in op_plans.values())) + n_cal
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -318,14 +336,16 @@ def profile(
         with be, torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             prof = _Profiler(be, store, cfg, bar.update)
-            entries = []
-            for p in plans:
-                bar.set_postfix_str(p.layers[0], refresh=False)
-                entries.append(prof.entry(p))
-            ops = {}
-            for kind, configs in op_plans.items():
-                bar.set_postfix_str(kind, refresh=False)
-                ops[kind] = prof.op_kind(kind, configs)
+            for r in range(cfg.passes):  # the last pass's entries hold the medians over all passes
+                prof.pass_ = r
+                entries = []
+                for p in plans:
+                    bar.set_postfix_str(p.layers[0], refresh=False)
+                    entries.append(prof.entry(p))
+                ops = {}
+                for kind, configs in op_plans.items():
+                    bar.set_postfix_str(kind, refresh=False)
+                    ops[kind] = prof.op_kind(kind, configs)
             table = LatencyTable(meta, entries, ops)
             bar.set_postfix_str("calibration", refresh=False)
             table.calibration = _calibrate(model, inputs, graph, table, be, store, cfg, on_measured=bar.update)
